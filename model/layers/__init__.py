@@ -1,0 +1,1 @@
+"""Reusable blocks. Nothing here knows about sensors or the AnySat model."""

@@ -1,0 +1,124 @@
+"""Transformer blocks: RPE self-attention (patch encoder), plain self-attention (joint blocks) and
+the learned-query cross-attention of the combiner. All use ``scaled_dot_product_attention`` with
+the relative-position term passed as an additive bias, so one fused kernel does the softmax.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .rpe import NUM_BUCKETS, rpe_bias
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """``[B, L, D] -> [B, H, L, D/H]``."""
+    b, n, d = x.shape
+    return x.reshape(b, n, heads, d // heads).transpose(1, 2)
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """``[B, H, L, hd] -> [B, L, H·hd]``."""
+    b, h, n, hd = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * hd)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention; with ``rpe=True`` adds the contextual key RPE of the patch encoder
+    (computed from the *scaled* query, as the official code scales q before the RPE term)."""
+
+    def __init__(self, dim: int, heads: int, rpe: bool = False, flash_layout_bug: bool = False) -> None:
+        super().__init__()
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.rpe_table = nn.Parameter(torch.zeros(1, self.head_dim, NUM_BUCKETS)) if rpe else None
+        # Official training configs call flash_attn_func with [B, H, N, hd] tensors (it expects
+        # [B, N, H, hd]): attention *across heads within a token*. Reproducible on request only.
+        self.flash_layout_bug = flash_layout_bug
+
+    def forward(self, x: torch.Tensor, buckets: torch.Tensor | None = None) -> torch.Tensor:
+        b, n, _d = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (B, H, N, hd)
+        bias = None
+        if self.rpe_table is not None:
+            assert buckets is not None, "RPE attention needs its bucket table"
+            bias = rpe_bias(q * self.head_dim**-0.5, self.rpe_table[0], buckets)
+        if self.flash_layout_bug:
+            # Reinterpret (B, H, N, hd) as (B, seq=H, heads=N, hd), as flash_attn_func does.
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+            out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return self.proj(_merge_heads(out))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x += Attn(LN(x)); x += MLP(LN(x))``."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, eps: float, rpe: bool = False,
+                 flash_layout_bug: bool = False) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = SelfAttention(dim, heads, rpe=rpe, flash_layout_bug=flash_layout_bug)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, buckets: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), buckets)
+        return x + self.mlp(self.norm2(x))
+
+
+class LearnedQueryAttention(nn.Module):
+    """Cross-attention from input-independent queries (``q_learned + position``) to all tokens,
+    with the key RPE computed from the *unscaled* query (as in the official combiner)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.q_learned = nn.Parameter(torch.zeros(1, 1, dim))
+        self.wk = nn.Linear(dim, dim)
+        self.wv = nn.Linear(dim, dim)
+        self.rpe_table = nn.Parameter(torch.zeros(1, self.head_dim, NUM_BUCKETS))
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, query_pos: torch.Tensor, buckets: torch.Tensor) -> torch.Tensor:
+        """``x [B, L, D]``, ``query_pos [Q, D]``, ``buckets [Q, L]`` -> ``[B, Q, D]``."""
+        b = x.shape[0]
+        q = _split_heads(self.q_learned + query_pos.to(x)[None], self.heads)  # (1, H, Q, hd)
+        bias = rpe_bias(q, self.rpe_table[0], buckets)  # (1, H, Q, L): same for every sample
+        k = _split_heads(self.wk(x), self.heads)  # (B, H, L, hd)
+        v = _split_heads(self.wv(x), self.heads)
+        q, bias = q.expand(b, -1, -1, -1), bias.expand(b, -1, -1, -1)
+        return self.proj(_merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=bias)))
+
+
+class CombinerBlock(nn.Module):
+    """The modality combiner: learned-query cross-attention, then an MLP. There is no residual
+    around the cross-attention and no final norm — the official architecture, kept for parity."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, eps: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = LearnedQueryAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, query_pos: torch.Tensor, buckets: torch.Tensor) -> torch.Tensor:
+        y = self.attn(self.norm1(x), query_pos, buckets)
+        return y + self.mlp(self.norm2(y))
