@@ -5,7 +5,6 @@ cross-attention combiner (paper §3.1; official implementation described in the 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from functools import lru_cache
 
 import torch
 from torch import nn
@@ -13,6 +12,7 @@ from torch import nn
 from .config import AnySatConfig
 from .inputs import DENSE_LAYOUTS, ModalityPlan, Plan, plan_inputs
 from .layers.attention import Block, CombinerBlock
+from .layers.cache import constant_cache
 from .layers.pos_embed import grid_pos_embed
 from .layers.rpe import rpe_buckets
 from .sensors import SENSORS, Tokenizer
@@ -193,14 +193,14 @@ def _make_tokenizer(name: str, dim: int) -> nn.Module:
     return LTAETokenizer(s.channels, dim, s.date_period, in_norm=(name == "s2"))
 
 
-@lru_cache(maxsize=128)
+@constant_cache
 def _combiner_buckets(grid: int, n_skip: int, n_modalities: int) -> torch.Tensor:
     """``[n_skip + P, n_skip + K·P]``: the query-grid buckets, key part tiled once per modality."""
     b = rpe_buckets(grid, n_skip)
     return torch.cat([b[:, :n_skip], b[:, n_skip:].repeat(1, n_modalities)], dim=1)
 
 
-@lru_cache(maxsize=128)
+@constant_cache
 def _spatial_order(cells: int, blocks: int) -> torch.Tensor:
     """Index that reorders block-major VHR tokens into raster order within a patch.
 

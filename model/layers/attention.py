@@ -29,6 +29,19 @@ def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.reshape(b, n, heads, d // heads).transpose(1, 2)
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``softmax(q·kᵀ/√hd + bias)·v``. Eager uses the fused kernel; under ``torch.export`` the plain
+    formula is traced instead, because the ONNX decomposition of the fused CPU kernel records
+    wrong output strides (its ``[B, L, H, hd]`` result then fails to reshape)."""
+    if not torch.compiler.is_exporting():
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    if bias is not None:
+        logits = logits + bias
+    return torch.softmax(logits, dim=-1) @ v
+
+
 def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     """``[B, H, L, hd] -> [B, L, H·hd]``."""
     b, h, n, hd = x.shape
@@ -61,9 +74,9 @@ class SelfAttention(nn.Module):
         if self.flash_layout_bug:
             # Reinterpret (B, H, N, hd) as (B, seq=H, heads=N, hd), as flash_attn_func does.
             q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-            out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+            out = attention(q, k, v).transpose(1, 2)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+            out = attention(q, k, v, bias)
         return self.proj(_merge_heads(out))
 
 
@@ -105,7 +118,7 @@ class LearnedQueryAttention(nn.Module):
         k = _split_heads(self.wk(x), self.heads)  # (B, H, L, hd)
         v = _split_heads(self.wv(x), self.heads)
         q, bias = q.expand(b, -1, -1, -1), bias.expand(b, -1, -1, -1)
-        return self.proj(_merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=bias)))
+        return self.proj(_merge_heads(attention(q, k, v, bias)))
 
 
 class CombinerBlock(nn.Module):

@@ -6,9 +6,9 @@ reproduces float64 reference outputs to ~1e-15 only with float32-rounded tables.
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
+
+from .cache import constant_cache
 
 
 def sincos_1d(pos: torch.Tensor, dim: int) -> torch.Tensor:
@@ -19,7 +19,7 @@ def sincos_1d(pos: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
 
 
-@lru_cache(maxsize=256)
+@constant_cache
 def grid_pos_embed(grid: int, dim: int, unit: float, n_skip: int = 1) -> torch.Tensor:
     """``[n_skip + grid², dim]`` float32: zero rows for the skip slots (class / MODIS), then the
     ``grid x grid`` cells in raster order, positions in metres (cell index × ``unit``).
@@ -34,7 +34,7 @@ def grid_pos_embed(grid: int, dim: int, unit: float, n_skip: int = 1) -> torch.T
     return torch.cat([torch.zeros(n_skip, dim), pe], dim=0)
 
 
-@lru_cache(maxsize=64)
+@constant_cache
 def _temporal_denominator(dim: int, period: int) -> torch.Tensor:
     return torch.pow(float(period), 2 * (torch.arange(dim, dtype=torch.float32) // 2) / dim)
 

@@ -7,15 +7,15 @@ constants precomputed per (grid side, skip count) — no data-dependent shapes i
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
+
+from .cache import constant_cache
 
 NUM_BUCKETS = 8
 SKIP_BUCKET = 7  # every pair involving a class or MODIS token
 
 
-@lru_cache(maxsize=256)
+@constant_cache
 def rpe_buckets(grid: int, n_skip: int = 1) -> torch.Tensor:
     """``[n_skip + grid², n_skip + grid²]`` int64 bucket table.
 

@@ -1,0 +1,93 @@
+"""Dynamic batching: which queued requests run together, and the ``Runner`` they run on.
+
+Pure bookkeeping, no Redis and no clock of its own (callers pass ``now``), so every rule here is
+unit-testable: a batch holds one batch key only; it is cut at ``max_batch_size`` or when its
+oldest request has waited ``max_wait_ms``, whichever comes first; among keys that are due, the
+one whose oldest request arrived first goes first, so a busy key cannot starve a quiet one.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from service.queue import QueuedRequest
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """What the engine needs from a model runtime (ONNX Runtime, TorchScript, Triton, a stub).
+
+    ``run`` gets requests that all share ``batch_key`` and returns one result per request, in the
+    same order. It may raise; the worker then retries request by request to find the culprit.
+    """
+
+    def run(self, batch_key: str, requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]: ...
+
+
+@dataclass
+class _Lane:
+    waiting: deque[tuple[float, QueuedRequest]] = field(default_factory=deque)
+
+    @property
+    def oldest(self) -> float:
+        return self.waiting[0][0]
+
+
+class Batcher:
+    """Per-key lanes of requests a worker holds but has not run yet."""
+
+    def __init__(self, max_batch_size: int, max_wait_ms: float) -> None:
+        assert max_batch_size >= 1 and max_wait_ms >= 0
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1000.0
+        self._lanes: OrderedDict[str, _Lane] = OrderedDict()
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def add(self, requests: Iterable[QueuedRequest], now: float) -> None:
+        for r in requests:
+            self._lanes.setdefault(r.batch_key, _Lane()).waiting.append((now, r))
+            self._size += 1
+
+    def time_until_due(self, now: float) -> float | None:
+        """Seconds until some batch must be cut (0 if one is due now); None when holding nothing."""
+        if not self._lanes:
+            return None
+        if any(len(lane.waiting) >= self.max_batch_size for lane in self._lanes.values()):
+            return 0.0
+        oldest = min(lane.oldest for lane in self._lanes.values())
+        return max(0.0, oldest + self.max_wait_s - now)
+
+    def pop_due(self, now: float) -> tuple[str, list[QueuedRequest]] | None:
+        """The next batch to run, or None if no key is full or has waited long enough."""
+        due = [
+            (lane.oldest, key)
+            for key, lane in self._lanes.items()
+            if len(lane.waiting) >= self.max_batch_size or now - lane.oldest >= self.max_wait_s
+        ]
+        if not due:
+            return None
+        _, key = min(due)
+        return key, self._take(key, self.max_batch_size)
+
+    def drain(self) -> list[QueuedRequest]:
+        """Everything still held, oldest key first (to hand back on shutdown)."""
+        out: list[QueuedRequest] = []
+        for key in sorted(self._lanes, key=lambda k: self._lanes[k].oldest):
+            out.extend(self._take(key, len(self._lanes[key].waiting)))
+        return out
+
+    def _take(self, key: str, n: int) -> list[QueuedRequest]:
+        lane = self._lanes[key]
+        batch = [lane.waiting.popleft()[1] for _ in range(min(n, len(lane.waiting)))]
+        if not lane.waiting:
+            del self._lanes[key]
+        self._size -= len(batch)
+        return batch

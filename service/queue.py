@@ -1,0 +1,447 @@
+"""The request queue: Redis Streams with one consumer group, payloads and replies in their own keys.
+
+Layout (``p`` = ``QueueSettings.prefix``):
+
+- ``p:requests``          stream; an entry is ``id, key, ref, deadline, enq`` and nothing heavy
+- ``p:payload:<id>``      the request tensors (``service.payload`` bytes), TTL deadline + margin
+- ``p:reply:<id>``        list the caller BLPOPs; receives exactly one push, TTL ``result_ttl_s``
+- ``p:done:<id>``         idempotency marker set NX with the reply, TTL ``result_ttl_s``
+- ``p:dead-letter``       stream of entries delivered more than ``max_deliveries`` times
+
+An entry is acknowledged *and deleted* in the same MULTI that writes its reply, so the stream
+only ever holds undelivered + in-flight entries: its length is the admission depth, and it
+returns to zero when the load stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import NamedTuple
+
+import numpy as np
+import redis
+
+from service import payload
+from service.errors import DuplicateRequest, ErrorKind, Overloaded, ResultTimeout, failure
+from service.payload import PayloadError, Tensors
+from service.settings import QueueSettings
+
+log = logging.getLogger(__name__)
+
+# Depth check, payload write and XADD in one atomic step, so concurrent callers cannot all slip
+# past the limit together. Returns {status, depth}: 1 queued, 0 overloaded, -1 duplicate id.
+_ENQUEUE = """
+local depth = redis.call('XLEN', KEYS[1])
+if depth >= tonumber(ARGV[1]) then return {0, depth} end
+if not redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then return {-1, depth} end
+redis.call('XADD', KEYS[1], '*', 'id', ARGV[4], 'key', ARGV[5], 'ref', KEYS[2],
+           'deadline', ARGV[6], 'enq', ARGV[7])
+return {1, depth}
+"""
+
+# The first reply for a request id wins; later ones (a re-run after a reclaim) are dropped, so a
+# caller can never see two different answers.
+_REPLY = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[2]) then
+  redis.call('RPUSH', KEYS[2], ARGV[1])
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+_BLPOP_SLICE_S = 1.0
+
+
+@dataclass(frozen=True)
+class QueuedRequest:
+    """One stream entry as a worker sees it, with its tensors loaded (or why they could not be)."""
+
+    entry_id: str
+    request_id: str
+    batch_key: str
+    payload_key: str
+    deadline: float  # absolute, epoch seconds
+    enqueued_at: float  # epoch seconds
+    deliveries: int
+    tensors: Tensors | None = None
+    load_error: tuple[ErrorKind, str] | None = None
+
+    def expired(self, now: float) -> bool:
+        return now >= self.deadline
+
+
+@dataclass(frozen=True)
+class Ok:
+    tensors: Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Err:
+    kind: ErrorKind
+    message: str
+
+
+Reply = Ok | Err
+
+
+class Reclaimed(NamedTuple):
+    requests: list[QueuedRequest]  # claimed by the caller and worth running again
+    dead_lettered: list[str]  # request ids moved to the dead-letter stream (already answered)
+
+
+class RedisQueue:
+    """Both sides of the queue: ``enqueue``/``wait_result`` for callers, the rest for workers."""
+
+    def __init__(self, client: redis.Redis, settings: QueueSettings | None = None) -> None:
+        self.redis = client
+        self.settings = settings or QueueSettings()
+        self._enqueue_script = client.register_script(_ENQUEUE)
+        self._reply_script = client.register_script(_REPLY)
+        self._blpop_slice_s = _blocking_slice(client)
+        self.ensure_group()
+
+    @classmethod
+    def from_url(cls, url: str, settings: QueueSettings | None = None) -> RedisQueue:
+        return cls(redis.Redis.from_url(url), settings)
+
+    def ensure_group(self) -> None:
+        # Created at id 0 so entries added before the first worker started are still delivered.
+        try:
+            self.redis.xgroup_create(self.settings.stream, self.settings.group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    # ------------------------------------------------------------------ caller side
+
+    def enqueue(
+        self,
+        batch_key: str,
+        tensors: Mapping[str, np.ndarray],
+        *,
+        request_id: str | None = None,
+        deadline_s: float,
+    ) -> str:
+        """Queue one request to be answered within ``deadline_s`` seconds; returns its id.
+
+        Raises ``Overloaded`` (with ``retry_after_s``) when the queue is at ``max_queue_depth``,
+        ``DuplicateRequest`` if ``request_id`` is already queued.
+        """
+        if deadline_s <= 0:
+            raise ValueError(f"deadline_s must be positive, got {deadline_s}")
+        if not batch_key:
+            raise ValueError("batch_key must be a non-empty string")
+        request_id = request_id or uuid.uuid4().hex
+        s = self.settings
+        now = time.time()
+        ttl_ms = math.ceil((deadline_s + s.payload_ttl_margin_s) * 1000)
+        status, depth = self._enqueue_script(
+            keys=[s.stream, s.payload_key(request_id)],
+            args=[
+                s.max_queue_depth,
+                payload.encode(tensors),
+                ttl_ms,
+                request_id,
+                batch_key,
+                repr(now + deadline_s),
+                repr(now),
+            ],
+        )
+        if status == 0:
+            raise Overloaded(int(depth), s.max_queue_depth, s.overload_retry_after_s)
+        if status == -1:
+            raise DuplicateRequest(f"request id {request_id!r} is already queued")
+        return request_id
+
+    def wait_result(self, request_id: str, timeout_s: float) -> Tensors:
+        """Block until the request's reply arrives; return its tensors or raise its typed error.
+
+        Raises ``ResultTimeout`` if nothing arrives in ``timeout_s``, a ``RequestFailed``
+        subclass (``RequestTimedOut``, ``DeadLettered``, ``BadRequest``, ...) for error replies.
+        """
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be positive")
+        key = self.settings.reply_key(request_id)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            # Short BLPOPs, not one long one: redis-py clients have a socket timeout (5 s by
+            # default) that a longer block would trip. Never below 10 ms: BLPOP 0 waits forever.
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ResultTimeout(request_id, timeout_s)
+            popped = self.redis.blpop([key], timeout=max(0.01, min(remaining, self._blpop_slice_s)))
+            if popped is not None:
+                break
+        tensors, meta = payload.decode(popped[1])
+        if meta.get("status") == "error":
+            raise failure(request_id, ErrorKind(meta["kind"]), str(meta.get("message", "")))
+        return tensors
+
+    def depth(self) -> int:
+        """Undelivered + in-flight entries: what admission control compares with the limit."""
+        return int(self.redis.xlen(self.settings.stream))
+
+    # ------------------------------------------------------------------ worker side
+
+    def read(self, consumer: str, count: int, block_ms: int | None) -> list[QueuedRequest]:
+        """New entries for ``consumer`` (at most ``count``), waiting up to ``block_ms`` for any.
+
+        ``block_ms`` of None or 0 does not block (Redis would read BLOCK 0 as "forever").
+        """
+        s = self.settings
+        try:
+            resp = self.redis.xreadgroup(
+                s.group, consumer, {s.stream: ">"}, count=count, block=block_ms or None
+            )
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # The stream was deleted under us (FLUSHDB, manual cleanup): recreate and carry on.
+            self.ensure_group()
+            return []
+        entries = [(eid, fields) for _stream, batch in resp or [] for eid, fields in batch]
+        return self._load(entries, {eid: 1 for eid, _ in entries})
+
+    def reclaim(self, consumer: str, min_idle_ms: int, count: int = 100) -> Reclaimed:
+        """Take over entries idle longer than ``min_idle_ms`` (their worker died or stalled).
+
+        Entries now delivered more than ``max_deliveries`` times are dead-lettered and their
+        callers answered with ``dead_lettered``; the rest are returned, claimed by ``consumer``.
+        """
+        s = self.settings
+        claimed: list[tuple[bytes, dict[bytes, bytes]]] = []
+        cursor: bytes | str = "0-0"
+        while len(claimed) < count:
+            cursor, batch = self.redis.xautoclaim(
+                s.stream, s.group, consumer, min_idle_ms, start_id=cursor, count=count - len(claimed)
+            )[:2]
+            claimed.extend(batch)
+            if cursor in (b"0-0", "0-0"):
+                break
+        if any(eid is None for eid, _ in claimed):
+            # Redis < 7 hands back entries deleted from the stream (XDEL outside the engine)
+            # without their id; they can never be answered, so acknowledge them away.
+            claimed = [(eid, f) for eid, f in claimed if eid is not None]
+            self._ack_orphans(consumer)
+        if not claimed:
+            return Reclaimed([], [])
+        pipe = self.redis.pipeline(transaction=False)
+        for eid, _ in claimed:
+            pipe.xpending_range(s.stream, s.group, min=eid, max=eid, count=1, consumername=consumer)
+        deliveries = {row[0]["message_id"]: row[0]["times_delivered"] for row in pipe.execute() if row}
+        live = [(eid, f) for eid, f in claimed if deliveries.get(eid, 1) <= s.max_deliveries]
+        dead = [(eid, f) for eid, f in claimed if deliveries.get(eid, 1) > s.max_deliveries]
+        dead_ids = self._dead_letter(dead, deliveries, consumer) if dead else []
+        return Reclaimed(self._load(live, deliveries), dead_ids)
+
+    def renew(self, consumer: str, entry_ids: Sequence[str]) -> None:
+        """Reset the idle time of entries ``consumer`` still works on, so nobody reclaims them."""
+        if entry_ids:
+            s = self.settings
+            self.redis.xclaim(s.stream, s.group, consumer, 0, list(entry_ids), justid=True)
+
+    def respond(self, outcomes: Sequence[tuple[QueuedRequest, Reply]]) -> list[str]:
+        """Write each request's reply (first reply wins), then acknowledge and delete the entries.
+
+        Replies and acks go in one MULTI: an entry is never acknowledged without its reply.
+        Returns the outcome actually sent per request (``"ok"`` or an ``ErrorKind`` value); a
+        result that cannot be encoded is turned into an ``internal_error`` reply.
+        """
+        if not outcomes:
+            return []
+        s = self.settings
+        ttl_ms = math.ceil(s.result_ttl_s * 1000)
+        sent: list[str] = []
+        pipe = self.redis.pipeline(transaction=True)
+        for request, reply in outcomes:
+            blob, outcome = _encode_reply(request.request_id, reply)
+            sent.append(outcome)
+            self._reply_script(
+                keys=[s.done_key(request.request_id), s.reply_key(request.request_id)],
+                args=[blob, ttl_ms],
+                client=pipe,
+            )
+        self._ack(pipe, [request for request, _ in outcomes])
+        pipe.execute()
+        return sent
+
+    def release(self, requests: Sequence[QueuedRequest]) -> None:
+        """Hand unstarted requests back to the group now (graceful shutdown), not after reclaim.
+
+        They are re-added at the stream's tail with their original deadline and enqueue time;
+        no admission check, they were admitted once already.
+        """
+        if not requests:
+            return
+        pipe = self.redis.pipeline(transaction=True)
+        for r in requests:
+            pipe.xadd(
+                self.settings.stream,
+                {
+                    "id": r.request_id,
+                    "key": r.batch_key,
+                    "ref": r.payload_key,
+                    "deadline": repr(r.deadline),
+                    "enq": repr(r.enqueued_at),
+                },
+            )
+        self._ack(pipe, requests, delete_payloads=False)
+        pipe.execute()
+
+    def prune_consumers(self, min_idle_ms: int, live: Iterable[str] = ()) -> list[str]:
+        """Forget consumers with nothing pending, idle ``min_idle_ms``, and not in ``live``.
+
+        Every worker start adds a consumer name to the group; without pruning they pile up.
+        A consumer with pending entries is kept: deleting it would make those unclaimable.
+        """
+        s = self.settings
+        keep = set(live)
+        removed = []
+        for c in self.redis.xinfo_consumers(s.stream, s.group):
+            name = c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+            if c["pending"] == 0 and c["idle"] > min_idle_ms and name not in keep:
+                self.redis.xgroup_delconsumer(s.stream, s.group, name)
+                removed.append(name)
+        return removed
+
+    def remove_consumer(self, consumer: str) -> None:
+        """Drop ``consumer`` from the group if it holds nothing (graceful exit)."""
+        s = self.settings
+        pending = self.redis.xpending_range(s.stream, s.group, "-", "+", 1, consumername=consumer)
+        if not pending:
+            self.redis.xgroup_delconsumer(s.stream, s.group, consumer)
+
+    def dead_letters(self, count: int = 100) -> list[dict[str, str]]:
+        """The most recent dead-letter records, newest first (for operators and tests)."""
+        rows = self.redis.xrevrange(self.settings.dead_letter_stream, count=count)
+        return [{k.decode(): v.decode() for k, v in fields.items()} for _eid, fields in rows]
+
+    # ------------------------------------------------------------------ internals
+
+    def _ack(
+        self, pipe: redis.client.Pipeline, requests: Sequence[QueuedRequest], delete_payloads: bool = True
+    ) -> None:
+        s = self.settings
+        ids = [r.entry_id for r in requests]
+        pipe.xack(s.stream, s.group, *ids)
+        # XDEL as well as XACK: acknowledged entries would otherwise stay in the stream forever.
+        pipe.xdel(s.stream, *ids)
+        if delete_payloads:
+            pipe.delete(*[r.payload_key for r in requests])
+
+    def _ack_orphans(self, consumer: str) -> None:
+        s = self.settings
+        pending = self.redis.xpending_range(s.stream, s.group, "-", "+", 1000, consumername=consumer)
+        ids = [row["message_id"] for row in pending]
+        pipe = self.redis.pipeline(transaction=False)
+        for eid in ids:
+            pipe.xrange(s.stream, min=eid, max=eid, count=1)
+        orphans = [eid for eid, rows in zip(ids, pipe.execute(), strict=True) if not rows]
+        if orphans:
+            log.warning("acknowledging %d pending entries deleted from the stream", len(orphans))
+            self.redis.xack(s.stream, s.group, *orphans)
+
+    def _load(
+        self, entries: Sequence[tuple[bytes, dict[bytes, bytes]]], deliveries: Mapping[bytes, int]
+    ) -> list[QueuedRequest]:
+        parsed: list[QueuedRequest] = []
+        malformed: list[bytes] = []
+        for eid, fields in entries:
+            try:
+                parsed.append(
+                    QueuedRequest(
+                        entry_id=eid.decode(),
+                        request_id=fields[b"id"].decode(),
+                        batch_key=fields[b"key"].decode(),
+                        payload_key=fields[b"ref"].decode(),
+                        deadline=float(fields[b"deadline"]),
+                        enqueued_at=float(fields[b"enq"]),
+                        deliveries=int(deliveries.get(eid, 1)),
+                    )
+                )
+            except (KeyError, ValueError, TypeError, AttributeError):
+                malformed.append(eid)
+        if malformed:
+            # Not written by enqueue(); nobody could be answered, so just drop them.
+            log.warning("dropping %d malformed stream entries: %s", len(malformed), malformed)
+            s = self.settings
+            self.redis.pipeline(transaction=True).xack(s.stream, s.group, *malformed).xdel(
+                s.stream, *malformed
+            ).execute()
+        if not parsed:
+            return []
+        blobs = self.redis.mget([r.payload_key for r in parsed])
+        return [_with_tensors(r, blob) for r, blob in zip(parsed, blobs, strict=True)]
+
+    def _dead_letter(
+        self,
+        entries: Sequence[tuple[bytes, dict[bytes, bytes]]],
+        deliveries: Mapping[bytes, int],
+        consumer: str,
+    ) -> list[str]:
+        s = self.settings
+        requests = self._load(entries, deliveries)
+        pipe = self.redis.pipeline(transaction=True)
+        outcomes: list[tuple[QueuedRequest, Reply]] = []
+        for r in requests:
+            reason = (
+                f"delivered {r.deliveries} times (limit {s.max_deliveries}); each worker that "
+                "took it died or stalled before answering"
+            )
+            pipe.xadd(
+                s.dead_letter_stream,
+                {
+                    "id": r.request_id,
+                    "key": r.batch_key,
+                    "deliveries": str(r.deliveries),
+                    "reason": reason,
+                    "deadline": repr(r.deadline),
+                    "enq": repr(r.enqueued_at),
+                    "at": repr(time.time()),
+                    "by": consumer,
+                },
+                maxlen=s.dead_letter_maxlen,
+                approximate=True,
+            )
+            outcomes.append((r, Err(ErrorKind.DEAD_LETTERED, reason)))
+        pipe.execute()
+        self.respond(outcomes)
+        log.warning("dead-lettered %d requests: %s", len(requests), [r.request_id for r in requests])
+        return [r.request_id for r in requests]
+
+
+def _blocking_slice(client: redis.Redis) -> float:
+    pool = getattr(client, "connection_pool", None)
+    socket_timeout = getattr(pool, "connection_kwargs", {}).get("socket_timeout", _BLPOP_SLICE_S)
+    if socket_timeout is None:
+        return _BLPOP_SLICE_S
+    return max(0.01, min(_BLPOP_SLICE_S, socket_timeout / 2))
+
+
+def _with_tensors(request: QueuedRequest, blob: bytes | None) -> QueuedRequest:
+    if blob is None:
+        err = (ErrorKind.PAYLOAD_MISSING, "request tensors expired before a worker read them")
+        return replace(request, load_error=err)
+    try:
+        tensors, _meta = payload.decode(blob)
+    except PayloadError as exc:
+        return replace(request, load_error=(ErrorKind.BAD_REQUEST, str(exc)))
+    return replace(request, tensors=tensors)
+
+
+def _encode_reply(request_id: str, reply: Reply) -> tuple[bytes, str]:
+    if isinstance(reply, Ok):
+        try:
+            return payload.encode(reply.tensors, {"status": "ok"}), "ok"
+        except (PayloadError, TypeError, AttributeError) as exc:
+            log.error("result of request %s cannot be encoded: %s", request_id, exc)
+            reply = Err(ErrorKind.INTERNAL, f"the model's result could not be encoded: {exc}")
+    meta = {"status": "error", "kind": reply.kind.value, "message": reply.message}
+    return payload.encode({}, meta), reply.kind.value

@@ -1,0 +1,220 @@
+"""The queue on a real redis-server: payload format, round trip, idempotent replies, typed errors,
+admission control, reclaim and dead-lettering, hand-back. The test itself plays the worker here;
+the worker loop has its own tests in test_worker.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import redis
+
+from service import payload
+from service.errors import (
+    BadRequest,
+    DeadLettered,
+    DuplicateRequest,
+    ErrorKind,
+    Overloaded,
+    RequestTimedOut,
+    ResultTimeout,
+)
+from service.queue import Err, Ok, RedisQueue
+from service.settings import QueueSettings
+
+
+def make_queue(client: redis.Redis, prefix: str, **overrides: object) -> RedisQueue:
+    return RedisQueue(client, QueueSettings(prefix=prefix, **overrides))  # type: ignore[arg-type]
+
+
+def tile(seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "s1-asc": rng.normal(size=(3, 2, 4, 4)).astype(np.float32),
+        "s1-asc_dates": np.array([10, 40, 70], dtype=np.int64),
+        "mask": np.array([True, False, True]),
+    }
+
+
+def test_payload_round_trip_keeps_names_dtypes_and_metadata() -> None:
+    tensors = tile(0)
+    tensors["transposed"] = np.arange(6, dtype=np.float64).reshape(2, 3).T  # not C-contiguous
+    tensors["scalar"] = np.array(7, dtype=np.int64)  # 0-d must stay 0-d
+    blob = payload.encode(tensors, {"status": "ok", "n": 3})
+    out, meta = payload.decode(blob)
+    assert meta == {"status": "ok", "n": 3}
+    assert out.keys() == tensors.keys()
+    for name, array in tensors.items():
+        assert (out[name].dtype, out[name].shape) == (array.dtype, array.shape)
+        np.testing.assert_array_equal(out[name], array)
+
+
+def test_payload_rejects_bytes_it_did_not_write() -> None:
+    with pytest.raises(payload.PayloadError):
+        payload.decode(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    with pytest.raises(payload.PayloadError):
+        payload.decode(b"\x01")
+
+
+def test_round_trip_and_nothing_left_behind(redis_client: redis.Redis, key_prefix: str) -> None:
+    q = make_queue(redis_client, key_prefix)
+    rid = q.enqueue("s1-asc:4x4", tile(1), deadline_s=5)
+    [req] = q.read("w1", count=10, block_ms=100)
+    assert (req.request_id, req.batch_key, req.deliveries) == (rid, "s1-asc:4x4", 1)
+    assert req.enqueued_at < req.deadline <= time.time() + 5
+    assert req.tensors is not None
+    np.testing.assert_array_equal(req.tensors["s1-asc"], tile(1)["s1-asc"])
+
+    assert q.respond([(req, Ok({"y": req.tensors["s1-asc"] * 2}))]) == ["ok"]
+    out = q.wait_result(rid, timeout_s=1)
+    np.testing.assert_allclose(out["y"], tile(1)["s1-asc"] * 2)
+    # Acknowledged entries are deleted, payload gone, reply list consumed: only the done-marker
+    # (with a TTL) remains besides the stream itself.
+    assert q.depth() == 0
+    assert redis_client.xpending(q.settings.stream, q.settings.group)["pending"] == 0
+    left = {k.decode() for k in redis_client.scan_iter(match=f"{key_prefix}:*")}
+    assert left == {q.settings.stream, q.settings.done_key(rid)}
+    assert 0 < redis_client.pttl(q.settings.done_key(rid)) <= q.settings.result_ttl_s * 1000
+
+
+def test_first_reply_wins_and_is_delivered_once(redis_client: redis.Redis, key_prefix: str) -> None:
+    q = make_queue(redis_client, key_prefix)
+    rid = q.enqueue("k", {"x": np.ones(2)}, deadline_s=5)
+    [req] = q.read("w1", 10, 100)
+    q.respond([(req, Ok({"y": np.array([1.0])}))])
+    # A re-run after a reclaim answers again, differently: it must not reach the caller.
+    q.respond([(req, Ok({"y": np.array([2.0])}))])
+    q.respond([(req, Err(ErrorKind.BAD_REQUEST, "late"))])
+    np.testing.assert_array_equal(q.wait_result(rid, 1)["y"], [1.0])
+    assert redis_client.llen(q.settings.reply_key(rid)) == 0
+    with pytest.raises(ResultTimeout):
+        q.wait_result(rid, 0.05)
+
+
+def test_error_replies_raise_typed_exceptions(redis_client: redis.Redis, key_prefix: str) -> None:
+    q = make_queue(redis_client, key_prefix)
+    a = q.enqueue("k", {"x": np.ones(1)}, deadline_s=5)
+    b = q.enqueue("k", {"x": np.ones(1)}, deadline_s=5)
+    ra, rb = q.read("w1", 10, 100)
+    q.respond(
+        [
+            (ra, Err(ErrorKind.BAD_REQUEST, "ValueError: bands missing")),
+            (rb, Err(ErrorKind.TIMED_OUT, "late")),
+        ]
+    )
+    with pytest.raises(BadRequest, match="bands missing") as bad:
+        q.wait_result(a, 1)
+    assert bad.value.kind is ErrorKind.BAD_REQUEST and bad.value.request_id == a
+    with pytest.raises(RequestTimedOut):
+        q.wait_result(b, 1)
+
+
+def test_wait_result_times_out_when_nobody_answers(redis_client: redis.Redis, key_prefix: str) -> None:
+    q = make_queue(redis_client, key_prefix)
+    rid = q.enqueue("k", {"x": np.ones(1)}, deadline_s=5)
+    started = time.monotonic()
+    with pytest.raises(ResultTimeout):
+        q.wait_result(rid, 0.2)
+    assert 0.15 < time.monotonic() - started < 2
+
+
+def test_overload_refuses_above_depth_until_work_is_answered(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    q = make_queue(redis_client, key_prefix, max_queue_depth=3, overload_retry_after_s=2.5)
+    for _ in range(3):
+        q.enqueue("k", {"x": np.ones(1)}, deadline_s=5)
+    with pytest.raises(Overloaded) as exc:
+        q.enqueue("k", {"x": np.ones(1)}, deadline_s=5)
+    assert (exc.value.depth, exc.value.max_depth, exc.value.retry_after_s) == (3, 3, 2.5)
+    # Delivered but unanswered entries still count: the limit is on work not yet done.
+    first = q.read("w1", 1, 100)
+    with pytest.raises(Overloaded):
+        q.enqueue("k", {"x": np.ones(1)}, deadline_s=5)
+    q.respond([(first[0], Ok({}))])
+    q.enqueue("k", {"x": np.ones(1)}, deadline_s=5)
+    # The refused requests left nothing behind.
+    assert len(list(redis_client.scan_iter(match=f"{key_prefix}:payload:*"))) == 3
+
+
+def test_duplicate_request_id_is_refused(redis_client: redis.Redis, key_prefix: str) -> None:
+    q = make_queue(redis_client, key_prefix)
+    q.enqueue("k", {"x": np.ones(1)}, request_id="abc", deadline_s=5)
+    with pytest.raises(DuplicateRequest):
+        q.enqueue("k", {"x": np.zeros(1)}, request_id="abc", deadline_s=5)
+    assert q.depth() == 1
+
+
+def test_reclaim_counts_deliveries_then_dead_letters(redis_client: redis.Redis, key_prefix: str) -> None:
+    q = make_queue(redis_client, key_prefix, max_deliveries=2)
+    rid = q.enqueue("k", {"x": np.ones(1)}, deadline_s=5)
+    assert len(q.read("dies-first", 10, 100)) == 1
+    assert q.reclaim("w2", min_idle_ms=10_000) == ([], [])  # not idle long enough yet
+    time.sleep(0.02)
+    again = q.reclaim("w2", min_idle_ms=10)
+    assert [(r.request_id, r.deliveries) for r in again.requests] == [(rid, 2)]
+    assert again.requests[0].tensors is not None
+    time.sleep(0.02)
+    final = q.reclaim("w3", min_idle_ms=10)
+    assert final == ([], [rid])
+    with pytest.raises(DeadLettered, match="delivered 3 times"):
+        q.wait_result(rid, 1)
+    [record] = q.dead_letters()
+    assert (record["id"], record["key"], record["deliveries"], record["by"]) == (rid, "k", "3", "w3")
+    assert q.depth() == 0
+    assert not list(redis_client.scan_iter(match=f"{key_prefix}:payload:*"))
+
+
+def test_expired_payload_is_reported_not_run(redis_client: redis.Redis, key_prefix: str) -> None:
+    q = make_queue(redis_client, key_prefix)
+    rid = q.enqueue("k", {"x": np.ones(1)}, deadline_s=5)
+    redis_client.delete(q.settings.payload_key(rid))  # as if its TTL had run out
+    [req] = q.read("w1", 10, 100)
+    assert req.tensors is None and req.load_error is not None
+    assert req.load_error[0] is ErrorKind.PAYLOAD_MISSING
+
+
+def test_release_hands_entries_back_immediately(redis_client: redis.Redis, key_prefix: str) -> None:
+    q = make_queue(redis_client, key_prefix)
+    ids = [q.enqueue("k", {"x": np.full(1, i)}, deadline_s=5) for i in range(3)]
+    held = q.read("leaving", 10, 100)
+    q.release(held)
+    assert redis_client.xpending(q.settings.stream, q.settings.group)["pending"] == 0
+    again = q.read("other", 10, 100)
+    assert [r.request_id for r in again] == ids
+    assert [r.deadline for r in again] == [r.deadline for r in held]
+    assert all(r.tensors is not None for r in again)
+    q.remove_consumer("leaving")
+    names = {c["name"] for c in redis_client.xinfo_consumers(q.settings.stream, q.settings.group)}
+    assert names == {b"other"}
+
+
+def test_wait_longer_than_the_client_socket_timeout(redis_url: str, key_prefix: str) -> None:
+    # redis-py clients default to a 5 s socket timeout; a caller may wait far longer than that.
+    q = RedisQueue(redis.Redis.from_url(redis_url, socket_timeout=0.3), QueueSettings(prefix=key_prefix))
+    rid = q.enqueue("k", {"x": np.ones(1)}, deadline_s=5)
+    [req] = q.read("w1", 1, 100)
+    answer = threading.Timer(0.8, lambda: q.respond([(req, Ok({"y": np.ones(1)}))]))
+    answer.start()
+    try:
+        assert "y" in q.wait_result(rid, timeout_s=3)
+    finally:
+        answer.join()
+
+
+def test_entries_deleted_behind_the_queue_are_acknowledged_away(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    q = make_queue(redis_client, key_prefix)
+    q.enqueue("k", {"x": np.ones(1)}, deadline_s=5)
+    keep = q.enqueue("k", {"x": np.ones(1)}, deadline_s=5)
+    gone, kept = q.read("w1", 10, 100)
+    redis_client.xdel(q.settings.stream, gone.entry_id)  # someone cleaned up by hand
+    time.sleep(0.01)
+    again = q.reclaim("w2", min_idle_ms=1)
+    assert [r.request_id for r in again.requests] == [keep] and again.dead_lettered == []
+    q.respond([(kept, Ok({}))])
+    assert redis_client.xpending(q.settings.stream, q.settings.group)["pending"] == 0

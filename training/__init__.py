@@ -1,0 +1,1 @@
+"""Training side of anysat-serve: datasets, pretraining, fine-tuning and probing (depends on ``model``)."""
