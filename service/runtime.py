@@ -1,0 +1,111 @@
+"""The model runtime behind the workers: turns a batch of requests of one configuration into one
+forward pass and back into per-request results.
+
+Request tensors (no batch axis): ``<m>`` float32 normalised ``[C, H, W]`` or ``[T, C, H, W]``, and
+``<m>_dates`` int64 ``[T]`` (day of year, 1 January = 1) for each series. Requests of one batch may
+have different date counts: series are padded to the longest and the padding masked out
+(``<m>_date_mask``), which leaves every result equal to a solo run.
+Results: ``{"embedding": array}`` (the output kind's shape without the batch axis) or, when the
+configuration names a head, ``{"logits": [K] or [K, H, W]}`` — a configuration with a head uses the
+head's output kind: ``tile`` for classification, ``dense`` of the head's modality for segmentation.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from model import AnySat, create_model
+from model.heads import Head, load_head
+from model.sensors import SENSORS
+from service.configuration import ModalityConfig
+
+
+def stack_requests(config: ModalityConfig, requests: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Batch the requests in graph-input order, padding series to the longest with masked dates."""
+    batch: dict[str, np.ndarray] = {}
+    for name in config.names:
+        arrays = [np.asarray(r[name], dtype=np.float32) for r in requests]
+        if not SENSORS[name].time_series:
+            batch[name] = np.stack(arrays)
+            continue
+        dates = [np.asarray(r[f"{name}_dates"], dtype=np.int64) for r in requests]
+        t_max = max(a.shape[0] for a in arrays)
+        x = np.zeros((len(arrays), t_max, *arrays[0].shape[1:]), np.float32)
+        d = np.zeros((len(arrays), t_max), np.int64)
+        mask = np.zeros((len(arrays), t_max), np.bool_)
+        for i, (a, t) in enumerate(zip(arrays, dates, strict=True)):
+            x[i, : len(a)], d[i, : len(t)], mask[i, : len(a)] = a, t, True
+        batch[name], batch[f"{name}_dates"], batch[f"{name}_date_mask"] = x, d, mask
+    return batch
+
+
+class Backend(Protocol):
+    """One way to run a configuration's graph on a stacked batch (eager, ONNX Runtime, ...)."""
+
+    def forward(self, config: ModalityConfig, batch: dict[str, np.ndarray]) -> np.ndarray: ...
+
+
+class EagerBackend:
+    """PyTorch eager on the loaded model; the reference the exported runtimes are checked against."""
+
+    def __init__(self, model: AnySat) -> None:
+        self.model = model.eval()
+
+    def forward(self, config: ModalityConfig, batch: dict[str, np.ndarray]) -> np.ndarray:
+        data = {k: torch.from_numpy(v) for k, v in batch.items()}
+        with torch.no_grad():
+            return self.model(data, patch_size=config.patch_size, output=config.output,
+                              output_modality=config.output_modality).numpy()
+
+
+class ModelRunner:
+    """``service.batching.Runner`` over one encoder checkpoint and a directory of heads."""
+
+    def __init__(self, model: AnySat, backend: Backend | None = None, heads_dir: str | Path | None = None) -> None:
+        self.model = model.eval()
+        self.backend = backend or EagerBackend(self.model)
+        self.heads_dir = Path(heads_dir) if heads_dir else None
+        self._heads: dict[str, Head] = {}
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path, heads_dir: str | Path | None = None) -> ModelRunner:
+        return cls(create_model(checkpoint=checkpoint), heads_dir=heads_dir)
+
+    def head(self, name: str) -> Head:
+        if name not in self._heads:
+            if self.heads_dir is None:
+                raise ValueError(f"head {name!r}: this worker has no heads directory")
+            path = self.heads_dir / f"{name}.safetensors"
+            if not path.is_file():
+                raise ValueError(f"head {name!r}: no {path.name} in the heads directory")
+            self._heads[name] = load_head(path)
+        return self._heads[name]
+
+    def run(self, batch_key: str, requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        config = ModalityConfig.from_key(batch_key)
+        batch = stack_requests(config, requests)
+        features = self.backend.forward(config, batch)
+        if config.head is None:
+            return [{"embedding": row} for row in features]
+        head = self.head(config.head)
+        with torch.no_grad():
+            logits = head(torch.from_numpy(features)).numpy()
+        return [{"logits": row} for row in logits]
+
+
+def runner_from_env() -> ModelRunner:
+    """Factory for ``anysat worker --runner service.runtime:runner_from_env``.
+
+    ``ANYSAT_CHECKPOINT`` (required): an official AnySat ``.pth`` or our ``.safetensors``;
+    ``ANYSAT_HEADS_DIR`` (optional): directory of ``<name>.safetensors`` heads.
+    """
+    checkpoint = os.environ.get("ANYSAT_CHECKPOINT")
+    if not checkpoint:
+        raise ValueError("ANYSAT_CHECKPOINT is not set: the worker needs an encoder checkpoint")
+    return ModelRunner.from_checkpoint(checkpoint, heads_dir=os.environ.get("ANYSAT_HEADS_DIR"))
