@@ -16,6 +16,8 @@ from .encoder import AnySat
 from .inputs import Plan, plan_inputs
 from .sensors import SENSORS
 
+OPSET = 18
+
 
 def input_names(data: Mapping[str, torch.Tensor]) -> list[str]:
     """Graph input names in a stable order: each modality, then its dates and date mask."""
@@ -50,8 +52,13 @@ def with_date_masks(data: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 
 def export_onnx(model: AnySat, example: Mapping[str, torch.Tensor], path: str | Path, patch_size: int,
-                output: str = "tile", output_modality: str | None = None, opset: int = 18) -> list[str]:
-    """Export one configuration to ONNX with dynamic batch and date counts; returns input names."""
+                output: str = "tile", output_modality: str | None = None, opset: int = OPSET,
+                optimize: bool = False) -> list[str]:
+    """Export one configuration to ONNX with dynamic batch and date counts; returns input names.
+
+    ``optimize`` runs the exporter's graph optimiser; off by default because it quadruples export
+    time (workers export on a configuration's first request) and ONNX Runtime applies its own
+    graph optimisations when it loads the model."""
     example = with_date_masks(example)
     plan = plan_inputs(example, patch_size, output, output_modality)
     names = input_names(example)
@@ -69,5 +76,6 @@ def export_onnx(model: AnySat, example: Mapping[str, torch.Tensor], path: str | 
     with torch.no_grad():
         wrapper(*args)  # eager run: fills the constant caches the trace will read
     torch.onnx.export(wrapper, args, str(path), input_names=names, output_names=["embedding"],
-                      dynamic_shapes=(tuple(dynamic),), opset_version=opset, dynamo=True)
+                      dynamic_shapes=(tuple(dynamic),), opset_version=opset, dynamo=True,
+                      external_data=False, optimize=optimize)
     return names

@@ -13,17 +13,20 @@ head's output kind: ``tile`` for classification, ``dense`` of the head's modalit
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import onnxruntime as ort
 import torch
 
 from model import AnySat, create_model
 from model.heads import Head, load_head
 from model.sensors import SENSORS
 from service.configuration import ModalityConfig
+from service.export import ExportCache, file_sha256
+from service.metrics import WorkerMetrics
 
 
 def stack_requests(config: ModalityConfig, requests: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -64,6 +67,48 @@ class EagerBackend:
                               output_modality=config.output_modality).numpy()
 
 
+class ExportedBackend:
+    """Runs each configuration's exported graph — ONNX Runtime or TorchScript — exporting it on
+    first use through the shared on-disk ``ExportCache``."""
+
+    def __init__(self, cache: ExportCache, kind: str = "onnx", providers: Sequence[str] | None = None,
+                 metrics: WorkerMetrics | None = None) -> None:
+        if kind not in ("onnx", "torchscript"):
+            raise ValueError(f"runtime must be onnx or torchscript, got {kind!r}")
+        self.cache, self.kind, self.metrics = cache, kind, metrics
+        self.providers = list(providers or default_providers())
+        self._graphs: dict[str, tuple[list[str], Callable[[dict[str, np.ndarray]], np.ndarray]]] = {}
+
+    def forward(self, config: ModalityConfig, batch: dict[str, np.ndarray]) -> np.ndarray:
+        key = config.key()
+        if key not in self._graphs:
+            export, hit = self.cache.get(config)
+            if self.metrics is not None:
+                (self.metrics.export_cache_hits if hit else self.metrics.export_cache_misses).inc()
+            self._graphs[key] = self._load(export.directory, [i["name"] for i in export.manifest["inputs"]])
+        names, run = self._graphs[key]
+        return run({n: batch[n] for n in names})
+
+    def _load(self, directory: Path, names: list[str]
+              ) -> tuple[list[str], Callable[[dict[str, np.ndarray]], np.ndarray]]:
+        if self.kind == "onnx":
+            session = ort.InferenceSession(str(directory / "model.onnx"), providers=self.providers)
+            return names, lambda feed: session.run(None, feed)[0]
+        module = torch.jit.load(str(directory / "model.ts"))
+
+        def run(feed: dict[str, np.ndarray]) -> np.ndarray:
+            with torch.no_grad():
+                return module(*[torch.from_numpy(feed[n]) for n in names]).numpy()
+
+        return names, run
+
+
+def default_providers() -> list[str]:
+    """CUDA when this onnxruntime build and machine have it, CPU always as the fallback."""
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
 class ModelRunner:
     """``service.batching.Runner`` over one encoder checkpoint and a directory of heads."""
 
@@ -74,8 +119,22 @@ class ModelRunner:
         self._heads: dict[str, Head] = {}
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path, heads_dir: str | Path | None = None) -> ModelRunner:
-        return cls(create_model(checkpoint=checkpoint), heads_dir=heads_dir)
+    def from_checkpoint(cls, checkpoint: str | Path, heads_dir: str | Path | None = None, runtime: str = "eager",
+                        export_dir: str | Path | None = None) -> ModelRunner:
+        """``runtime``: ``eager`` (PyTorch), ``onnx`` (ONNX Runtime, CUDA if present) or ``torchscript``;
+        the last two export each configuration on first use into ``export_dir``."""
+        model = create_model(checkpoint=checkpoint)
+        if runtime == "eager":
+            return cls(model, heads_dir=heads_dir)
+        if export_dir is None:
+            raise ValueError(f"runtime {runtime!r} needs an export directory (ANYSAT_EXPORT_DIR)")
+        cache = ExportCache(export_dir, model, file_sha256(checkpoint))
+        return cls(model, ExportedBackend(cache, runtime), heads_dir=heads_dir)
+
+    def attach_metrics(self, metrics: WorkerMetrics) -> None:
+        """Called by the worker so export-cache hits and misses land in its metrics."""
+        if isinstance(self.backend, ExportedBackend):
+            self.backend.metrics = metrics
 
     def head(self, name: str) -> Head:
         if name not in self._heads:
@@ -103,9 +162,13 @@ def runner_from_env() -> ModelRunner:
     """Factory for ``anysat worker --runner service.runtime:runner_from_env``.
 
     ``ANYSAT_CHECKPOINT`` (required): an official AnySat ``.pth`` or our ``.safetensors``;
-    ``ANYSAT_HEADS_DIR`` (optional): directory of ``<name>.safetensors`` heads.
+    ``ANYSAT_HEADS_DIR`` (optional): directory of ``<name>.safetensors`` heads;
+    ``ANYSAT_RUNTIME``: ``onnx`` (default), ``torchscript`` or ``eager``;
+    ``ANYSAT_EXPORT_DIR``: the export cache (default ``~/.cache/anysat/exports``).
     """
     checkpoint = os.environ.get("ANYSAT_CHECKPOINT")
     if not checkpoint:
         raise ValueError("ANYSAT_CHECKPOINT is not set: the worker needs an encoder checkpoint")
-    return ModelRunner.from_checkpoint(checkpoint, heads_dir=os.environ.get("ANYSAT_HEADS_DIR"))
+    export_dir = os.environ.get("ANYSAT_EXPORT_DIR") or Path.home() / ".cache" / "anysat" / "exports"
+    return ModelRunner.from_checkpoint(checkpoint, heads_dir=os.environ.get("ANYSAT_HEADS_DIR"),
+                                       runtime=os.environ.get("ANYSAT_RUNTIME", "onnx"), export_dir=export_dir)

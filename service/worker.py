@@ -59,6 +59,8 @@ class Worker:
         self.settings = settings
         self.runner = runner
         self.metrics = metrics or WorkerMetrics()
+        if hasattr(runner, "attach_metrics"):  # runners that export lazily count cache hits/misses
+            runner.attach_metrics(self.metrics)
         if client is None:
             # Blocking reads last up to read_block_ms; the socket timeout must outlast them.
             timeout_s = settings.read_block_ms / 1000 + 5

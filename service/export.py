@@ -1,0 +1,234 @@
+"""Export one modality configuration: ONNX + TorchScript + a Triton model repository + manifest,
+checked against eager PyTorch; and the on-disk cache workers fill lazily.
+
+Layout of one export directory::
+
+    manifest.json                 configuration, checkpoint sha256, I/O names/dtypes/shapes, errors
+    model.onnx                    dynamic batch and date counts
+    model.ts                      TorchScript (traced), same inputs
+    triton/<name>/config.pbtxt    a Triton repository, hostable unchanged
+    triton/<name>/1/model.onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from model import AnySat, create_model
+from model.export import OPSET, PlannedAnySat, export_onnx, with_date_masks
+from model.inputs import plan_inputs
+from model.sensors import SENSORS
+from service.configuration import ModalityConfig
+
+MAX_EXPORT_ERROR = 1e-4
+_ONNX_TO_TRITON = {"float32": "TYPE_FP32", "int64": "TYPE_INT64", "bool": "TYPE_BOOL"}
+
+
+class ExportError(RuntimeError):
+    """An export that failed or disagreed with eager PyTorch; nothing was written."""
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def example_inputs(config: ModalityConfig, batch: int = 1, dates: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random inputs of a configuration (sorted 1-based day-of-year dates), for tracing and checks."""
+    g = torch.Generator().manual_seed(seed)
+    data: dict[str, torch.Tensor] = {}
+    for name, side in config.modalities:
+        s = SENSORS[name]
+        if s.time_series:
+            data[name] = torch.randn(batch, dates, s.channels, side, side, generator=g)
+            data[f"{name}_dates"] = torch.sort(torch.randint(1, 366, (batch, dates), generator=g), dim=1).values
+        else:
+            data[name] = torch.randn(batch, s.channels, side, side, generator=g)
+    return with_date_masks(data)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    directory: Path
+    manifest: dict[str, Any]
+
+
+def export_configuration(model: AnySat, config: ModalityConfig, out_dir: str | Path, checkpoint_sha256: str,
+                         max_error: float = MAX_EXPORT_ERROR, name: str | None = None) -> ExportResult:
+    """Write ONNX, TorchScript, the Triton repository and ``manifest.json`` into ``out_dir``.
+
+    Both artefacts are run on fresh random inputs at another batch size and date count than the
+    trace used, and compared with eager; above ``max_error`` nothing is kept and ``ExportError``
+    is raised. The directory is built beside ``out_dir`` and renamed into place atomically.
+    """
+    if config.head is not None:
+        raise ExportError("heads are applied after the encoder graph; export the head's encoder configuration")
+    out_dir = Path(out_dir)
+    model = model.eval()
+    example = example_inputs(config)
+    plan_inputs(example, config.patch_size, config.output, config.output_modality)  # validates the configuration
+    name = name or f"anysat_{config.digest()}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        started = time.perf_counter()
+        names = export_onnx(model, example, tmp / "model.onnx", config.patch_size, config.output,
+                            config.output_modality)
+        plan = plan_inputs(example, config.patch_size, config.output, config.output_modality)
+        wrapper = PlannedAnySat(model, plan, names).eval()
+        with torch.no_grad():
+            traced = torch.jit.trace(wrapper, tuple(example[n] for n in names), check_trace=False)
+        traced.save(str(tmp / "model.ts"))
+        errors = _check(model, config, tmp, names)
+        worst = max(errors.values())
+        if not worst <= max_error:
+            raise ExportError(f"export of {config.key()} disagrees with eager PyTorch: max |err| {errors} > "
+                              f"{max_error:g}; nothing written")
+        graph = onnx.load(str(tmp / "model.onnx"), load_external_data=False)
+        manifest = {
+            "name": name,
+            "configuration": config.to_dict(),
+            "batch_key": config.key(),
+            "checkpoint_sha256": checkpoint_sha256,
+            "model_config": model.config.to_dict(),
+            "opset": OPSET,
+            "inputs": [_io(v) for v in graph.graph.input],
+            "outputs": [_io(v) for v in graph.graph.output],
+            "max_abs_error_vs_eager": errors,
+            "max_error_allowed": max_error,
+            "export_seconds": round(time.perf_counter() - started, 2),
+            "torch": torch.__version__,
+            "onnxruntime": ort.__version__,
+        }
+        _triton_repository(tmp / "triton", name, manifest)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        _publish(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ExportResult(out_dir, json.loads((out_dir / "manifest.json").read_text()))
+
+
+def _check(model: AnySat, config: ModalityConfig, directory: Path, names: list[str]) -> dict[str, float]:
+    data = example_inputs(config, batch=2, dates=9, seed=1)
+    for key in [k for k in data if k.endswith("_date_mask")][:1]:
+        data[key][1, 6:] = False  # one padded row, as served batches will have
+    with torch.no_grad():
+        eager = model(data, patch_size=config.patch_size, output=config.output,
+                      output_modality=config.output_modality).numpy()
+        traced = torch.jit.load(str(directory / "model.ts"))(*[data[n] for n in names]).numpy()
+    session = ort.InferenceSession(str(directory / "model.onnx"), providers=["CPUExecutionProvider"])
+    onnx_out = session.run(None, {n: data[n].numpy() for n in names})[0]
+    return {"onnx": float(np.abs(onnx_out - eager).max()), "torchscript": float(np.abs(traced - eager).max())}
+
+
+def _io(value: onnx.ValueInfoProto) -> dict[str, Any]:
+    t = value.type.tensor_type
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
+    shape = [d.dim_param or d.dim_value for d in t.shape.dim]
+    return {"name": value.name, "dtype": dtype, "shape": shape}
+
+
+def _triton_repository(root: Path, name: str, manifest: dict[str, Any]) -> None:
+    """A Triton model repository: the ONNX graph with dynamic batching on the leading axis."""
+    (root / name / "1").mkdir(parents=True)
+    shutil.copy(root.parent / "model.onnx", root / name / "1" / "model.onnx")
+
+    def tensor(io: dict[str, Any]) -> str:
+        dims = ", ".join("-1" if isinstance(d, str) else str(d) for d in io["shape"][1:])
+        return f'  {{ name: "{io["name"]}" data_type: {_ONNX_TO_TRITON[io["dtype"]]} dims: [ {dims} ] }}'
+
+    text = "\n".join([
+        f'name: "{name}"',
+        'platform: "onnxruntime_onnx"',
+        "max_batch_size: 64",
+        "input [", ",\n".join(tensor(i) for i in manifest["inputs"]), "]",
+        "output [", ",\n".join(tensor(o) for o in manifest["outputs"]), "]",
+        "dynamic_batching { max_queue_delay_microseconds: 5000 }",
+        "",
+    ])
+    (root / name / "config.pbtxt").write_text(text)
+
+
+def _publish(tmp: Path, out_dir: Path) -> None:
+    """Atomic rename into place. If another process won the race, its complete copy stays."""
+    try:
+        os.rename(tmp, out_dir)
+    except OSError:
+        if (out_dir / "manifest.json").is_file():
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        raise
+
+
+class ExportCache:
+    """Exports keyed by (checkpoint sha256, configuration), built on first use.
+
+    Workers racing on one key each build in a private temp dir and rename; the loser discards its
+    copy, so a reader only ever sees complete directories.
+    """
+
+    def __init__(self, root: str | Path, model: AnySat, checkpoint_sha256: str) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.model, self.checkpoint_sha256 = model, checkpoint_sha256
+
+    def path(self, config: ModalityConfig) -> Path:
+        key = hashlib.sha256(f"{self.checkpoint_sha256}\n{config.key()}".encode()).hexdigest()[:24]
+        return self.root / key
+
+    def get(self, config: ModalityConfig) -> tuple[ExportResult, bool]:
+        """Returns (export, hit)."""
+        path = self.path(config)
+        if (path / "manifest.json").is_file():
+            return ExportResult(path, json.loads((path / "manifest.json").read_text())), True
+        return export_configuration(self.model, config, path, self.checkpoint_sha256), False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="anysat export", description="Export one modality configuration to "
+                                     "ONNX, TorchScript and a Triton repository, checked against eager PyTorch.")
+    parser.add_argument("--checkpoint", required=True, help="official AnySat .pth or our .safetensors")
+    parser.add_argument("--config", required=True, type=Path,
+                        help='JSON: {"modalities": [["aerial", 300], ["s2", 6]], "patch_size": 20, "output": "tile"}')
+    parser.add_argument("--out", required=True, type=Path, help="output directory (must not exist)")
+    parser.add_argument("--max-error", type=float, default=MAX_EXPORT_ERROR)
+    args = parser.parse_args(argv)
+    if args.out.exists():
+        print(f"error: {args.out} exists; choose a new directory", file=sys.stderr)
+        return 2
+    try:
+        d = json.loads(args.config.read_text())
+        config = ModalityConfig(tuple((str(n), int(s)) for n, s in d["modalities"]), int(d["patch_size"]),
+                                d.get("output", "tile"), d.get("output_modality"))
+        model = create_model(checkpoint=args.checkpoint)
+        result = export_configuration(model, config, args.out, file_sha256(args.checkpoint), args.max_error)
+    except (ValueError, KeyError, ExportError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    m = result.manifest
+    print(f"exported {m['name']} to {result.directory} in {m['export_seconds']} s; "
+          f"max |err| vs eager: onnx {m['max_abs_error_vs_eager']['onnx']:.2e}, "
+          f"torchscript {m['max_abs_error_vs_eager']['torchscript']:.2e}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,143 @@
+"""Per-configuration export (ONNX, TorchScript, Triton repository, manifest), the export cache,
+and the ONNX Runtime / TorchScript runners — real sessions, real files, real Redis + worker."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from model_fixtures import OFFICIAL_TINY
+
+from model import create_model
+from service.configuration import ModalityConfig
+from service.export import ExportCache, ExportError, example_inputs, export_configuration, file_sha256, main
+from service.queue import RedisQueue
+from service.runtime import ExportedBackend, ModelRunner
+from service.settings import QueueSettings, WorkerSettings
+from service.worker import Worker
+
+SMALL = ModalityConfig((("s2", 6), ("s1-asc", 6)), patch_size=20, output="all")
+
+
+@pytest.fixture(scope="module")
+def cache(tiny, tmp_path_factory) -> ExportCache:
+    return ExportCache(tmp_path_factory.mktemp("exports"), tiny, file_sha256(OFFICIAL_TINY))
+
+
+@pytest.fixture(scope="module")
+def small_export(cache):
+    result, hit = cache.get(SMALL)
+    assert not hit
+    return result
+
+
+def test_export_writes_all_artefacts_and_manifest(small_export) -> None:
+    d, m = small_export.directory, small_export.manifest
+    assert {p.name for p in d.iterdir()} == {"manifest.json", "model.onnx", "model.ts", "triton"}
+    assert m["checkpoint_sha256"] == file_sha256(OFFICIAL_TINY)
+    assert m["configuration"] == SMALL.to_dict() and m["batch_key"] == SMALL.key()
+    assert [i["name"] for i in m["inputs"]] == ["s2", "s2_dates", "s2_date_mask", "s1-asc", "s1-asc_dates",
+                                               "s1-asc_date_mask"]
+    assert m["inputs"][0]["dtype"] == "float32" and isinstance(m["inputs"][0]["shape"][0], str)  # dynamic batch
+    assert m["outputs"][0]["shape"][1:] == [10, 256]  # class token + 3 x 3 patches
+    assert max(m["max_abs_error_vs_eager"].values()) <= 1e-4
+    config = (d / "triton" / m["name"] / "config.pbtxt").read_text()
+    assert "dynamic_batching" in config and 'platform: "onnxruntime_onnx"' in config
+    # The Triton copy is self-contained (no external-data side file) and runs.
+    session = ort.InferenceSession(str(d / "triton" / m["name"] / "1" / "model.onnx"))
+    data = example_inputs(SMALL, batch=3, dates=4)
+    out = session.run(None, {i.name: data[i.name].numpy() for i in session.get_inputs()})[0]
+    assert out.shape == (3, 10, 256)
+
+
+def test_export_refuses_when_error_exceeds_limit(tiny, tmp_path) -> None:
+    with pytest.raises(ExportError, match="disagrees with eager PyTorch"):
+        export_configuration(tiny, SMALL, tmp_path / "strict", "sha", max_error=0.0)
+    assert list(tmp_path.iterdir()) == []  # neither the export nor its temp dir is left
+
+
+def test_export_rejects_invalid_configuration(tiny, tmp_path) -> None:
+    with pytest.raises(ValueError, match="does not divide the tile side"):
+        export_configuration(tiny, ModalityConfig((("s2", 6),), patch_size=40), tmp_path / "bad", "sha")
+
+
+def test_export_command(tmp_path, capsys) -> None:
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"modalities": [["s2", 4]], "patch_size": 20, "output": "tile"}))
+    out = tmp_path / "exported"
+    assert main(["--checkpoint", str(OFFICIAL_TINY), "--config", str(cfg), "--out", str(out)]) == 0
+    assert "max |err| vs eager" in capsys.readouterr().out
+    assert (out / "manifest.json").is_file()
+    assert main(["--checkpoint", str(OFFICIAL_TINY), "--config", str(cfg), "--out", str(out)]) == 2
+
+
+def _race(root: str, queue: mp.Queue) -> None:
+    model = create_model(checkpoint=OFFICIAL_TINY)
+    result, hit = ExportCache(root, model, "sha-race").get(ModalityConfig((("s2", 2),), patch_size=10))
+    queue.put((str(result.directory), hit))
+
+
+def test_cache_race_between_processes_leaves_one_complete_export(tmp_path) -> None:
+    ctx = mp.get_context("spawn")
+    results: mp.Queue = ctx.Queue()
+    procs = [ctx.Process(target=_race, args=(str(tmp_path), results)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+        assert p.exitcode == 0
+    dirs = {results.get(timeout=5)[0] for _ in procs}
+    assert len(dirs) == 1
+    assert [p.name for p in tmp_path.iterdir()] == [Path(dirs.pop()).name]  # no temp dirs left
+    cache = ExportCache(tmp_path, create_model(checkpoint=OFFICIAL_TINY), "sha-race")
+    _, hit = cache.get(ModalityConfig((("s2", 2),), patch_size=10))
+    assert hit
+
+
+def _request(data: dict[str, torch.Tensor], row: int, dates: int) -> dict[str, np.ndarray]:
+    return {"s2": data["s2"][row, :dates].numpy(), "s2_dates": data["s2_dates"][row, :dates].numpy(),
+            "s1-asc": data["s1-asc"][row].numpy(), "s1-asc_dates": data["s1-asc_dates"][row].numpy()}
+
+
+def _solo(model, request: dict[str, np.ndarray]) -> np.ndarray:
+    data = {k: torch.from_numpy(v)[None] for k, v in request.items()}
+    with torch.no_grad():
+        return model(data, patch_size=SMALL.patch_size, output=SMALL.output)[0].numpy()
+
+
+@pytest.mark.parametrize("kind", ["onnx", "torchscript"])
+def test_padded_dates_batch_equals_solo_runs(tiny, cache, small_export, kind) -> None:
+    runner = ModelRunner(tiny, ExportedBackend(cache, kind))
+    data = example_inputs(SMALL, batch=3, dates=8, seed=3)
+    requests = [_request(data, 0, 8), _request(data, 1, 3), _request(data, 2, 6)]
+    results = runner.run(SMALL.key(), requests)
+    for request, result in zip(requests, results, strict=True):
+        assert result["embedding"].shape == (10, 256)
+        assert np.abs(result["embedding"] - _solo(tiny, request)).max() < 2e-5
+
+
+def test_worker_serves_onnx_through_redis(tiny, cache, small_export, redis_url, key_prefix) -> None:
+    runner = ModelRunner(tiny, ExportedBackend(cache, "onnx"))
+    queue_settings = QueueSettings(prefix=key_prefix)
+    worker = Worker(WorkerSettings(redis_url=redis_url, queue=queue_settings, max_wait_ms=50), runner)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        queue = RedisQueue.from_url(redis_url, queue_settings)
+        data = example_inputs(SMALL, batch=4, dates=7, seed=5)
+        requests = [_request(data, i, d) for i, d in enumerate((7, 2, 5, 7))]
+        ids = [queue.enqueue(SMALL.key(), r, deadline_s=120) for r in requests]
+        for request_id, request in zip(ids, requests, strict=True):
+            out = queue.wait_result(request_id, timeout_s=120)["embedding"]
+            assert np.abs(out - _solo(tiny, request)).max() < 2e-5
+        assert worker.metrics.export_cache_hits._value.get() == 1  # exported by the fixture, loaded once
+        assert worker.metrics.export_cache_misses._value.get() == 0
+    finally:
+        worker.stop()
+        thread.join(timeout=30)
