@@ -27,6 +27,9 @@ from model.sensors import SENSORS
 from service.configuration import ModalityConfig
 from service.export import ExportCache, file_sha256
 from service.metrics import WorkerMetrics
+from service.triton_backend import TritonBackend
+
+RUNTIMES = ("eager", "onnx", "torchscript", "triton")
 
 
 def stack_requests(config: ModalityConfig, requests: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -120,20 +123,28 @@ class ModelRunner:
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, heads_dir: str | Path | None = None, runtime: str = "eager",
-                        export_dir: str | Path | None = None) -> ModelRunner:
-        """``runtime``: ``eager`` (PyTorch), ``onnx`` (ONNX Runtime, CUDA if present) or ``torchscript``;
-        the last two export each configuration on first use into ``export_dir``."""
+                        export_dir: str | Path | None = None, triton_url: str | None = None,
+                        triton_repository: str | Path | None = None) -> ModelRunner:
+        """``runtime``: ``eager`` (PyTorch), ``onnx`` (ONNX Runtime, CUDA if present), ``torchscript``
+        or ``triton`` (a Triton server at ``triton_url`` loading from ``triton_repository``); all but
+        eager export each configuration on first use into ``export_dir``."""
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
         model = create_model(checkpoint=checkpoint)
         if runtime == "eager":
             return cls(model, heads_dir=heads_dir)
         if export_dir is None:
             raise ValueError(f"runtime {runtime!r} needs an export directory (ANYSAT_EXPORT_DIR)")
         cache = ExportCache(export_dir, model, file_sha256(checkpoint))
+        if runtime == "triton":
+            if not (triton_url and triton_repository):
+                raise ValueError("runtime 'triton' needs ANYSAT_TRITON_URL and ANYSAT_TRITON_REPOSITORY")
+            return cls(model, TritonBackend(cache, triton_url, triton_repository), heads_dir=heads_dir)
         return cls(model, ExportedBackend(cache, runtime), heads_dir=heads_dir)
 
     def attach_metrics(self, metrics: WorkerMetrics) -> None:
         """Called by the worker so export-cache hits and misses land in its metrics."""
-        if isinstance(self.backend, ExportedBackend):
+        if isinstance(self.backend, ExportedBackend | TritonBackend):
             self.backend.metrics = metrics
 
     def head(self, name: str) -> Head:
@@ -163,12 +174,15 @@ def runner_from_env() -> ModelRunner:
 
     ``ANYSAT_CHECKPOINT`` (required): an official AnySat ``.pth`` or our ``.safetensors``;
     ``ANYSAT_HEADS_DIR`` (optional): directory of ``<name>.safetensors`` heads;
-    ``ANYSAT_RUNTIME``: ``onnx`` (default), ``torchscript`` or ``eager``;
-    ``ANYSAT_EXPORT_DIR``: the export cache (default ``~/.cache/anysat/exports``).
+    ``ANYSAT_RUNTIME``: ``onnx`` (default), ``torchscript``, ``triton`` or ``eager``;
+    ``ANYSAT_EXPORT_DIR``: the export cache (default ``~/.cache/anysat/exports``);
+    ``ANYSAT_TRITON_URL``, ``ANYSAT_TRITON_REPOSITORY``: for the ``triton`` runtime.
     """
     checkpoint = os.environ.get("ANYSAT_CHECKPOINT")
     if not checkpoint:
         raise ValueError("ANYSAT_CHECKPOINT is not set: the worker needs an encoder checkpoint")
     export_dir = os.environ.get("ANYSAT_EXPORT_DIR") or Path.home() / ".cache" / "anysat" / "exports"
     return ModelRunner.from_checkpoint(checkpoint, heads_dir=os.environ.get("ANYSAT_HEADS_DIR"),
-                                       runtime=os.environ.get("ANYSAT_RUNTIME", "onnx"), export_dir=export_dir)
+                                       runtime=os.environ.get("ANYSAT_RUNTIME", "onnx"), export_dir=export_dir,
+                                       triton_url=os.environ.get("ANYSAT_TRITON_URL"),
+                                       triton_repository=os.environ.get("ANYSAT_TRITON_REPOSITORY"))

@@ -141,3 +141,23 @@ def test_worker_serves_onnx_through_redis(tiny, cache, small_export, redis_url, 
     finally:
         worker.stop()
         thread.join(timeout=30)
+
+
+def test_triton_runtime_against_v2_server(tiny, cache, small_export, tmp_path) -> None:
+    """The ``triton`` runtime publishes the export's Triton folder, loads it, and infers over the
+    KServe v2 binary protocol (``FakeTriton`` stands in for Triton, which cannot run here)."""
+    from fake_triton import FakeTriton
+
+    from service.triton_backend import TritonBackend
+
+    repository = tmp_path / "triton-repo"
+    with FakeTriton(repository) as server:
+        runner = ModelRunner(tiny, TritonBackend(cache, server.url, repository))
+        data = example_inputs(SMALL, batch=2, dates=6, seed=9)
+        requests = [_request(data, 0, 6), _request(data, 1, 4)]
+        results = runner.run(SMALL.key(), requests)
+        runner.run(SMALL.key(), requests[:1])
+        assert server.infer_calls == 2  # one batched call each, the model loaded once
+    assert (repository / small_export.manifest["name"] / "config.pbtxt").is_file()
+    for request, result in zip(requests, results, strict=True):
+        assert np.abs(result["embedding"] - _solo(tiny, request)).max() < 2e-5
