@@ -169,7 +169,8 @@ class AnySat(nn.Module):
         assert sub_tokens is not None
         m = next(m for m in plan.modalities if m.name == plan.output_modality)
         g = m.subgrid
-        if dense_layout == "spatial":
+        if dense_layout == "spatial" and m.sensor.cells_per_10m > 1 and m.blocks_per_patch > 1:
+            # only VHR patches of several multi-cell blocks are ordered block-major (see VHRTokenizer)
             sub_tokens = sub_tokens[:, _spatial_order(m.sensor.cells_per_10m, m.blocks_per_patch)]
         sub = sub_tokens.reshape(-1, n, n, g, g, d).permute(0, 1, 3, 2, 4, 5).reshape(-1, n * g, n * g, d)
         coarse = patches.repeat_interleave(g, dim=1).repeat_interleave(g, dim=2)

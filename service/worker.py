@@ -318,7 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("ANYSAT_REDIS_URL"),
         help="Redis to serve from (default: $ANYSAT_REDIS_URL)",
     )
-    parser.add_argument("--runner", required=True, help="'package.module:factory' returning a Runner")
+    parser.add_argument("--runner", default="service.runtime:runner_from_env",
+                        help="'package.module:factory' returning a Runner (default: the AnySat model runner, "
+                             "configured by ANYSAT_CHECKPOINT, ANYSAT_RUNTIME, ANYSAT_EXPORT_DIR, ANYSAT_HEADS_DIR)")
     parser.add_argument("--log-level", default="INFO")
     _add_model_flags(parser.add_argument_group("worker"), WorkerSettings)
     _add_model_flags(parser.add_argument_group("queue"), QueueSettings)

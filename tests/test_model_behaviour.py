@@ -85,6 +85,23 @@ def test_layouts_agree_where_order_is_raster(tiny, treesat) -> None:
     assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize(("modality", "patch_size", "side"), [("l7", 90, 6), ("alos", 30, 6), ("spot", 30, 18),
+                                                               ("s2", 60, 18)])
+def test_dense_every_layout_for_non_aerial_sensors(tiny, modality, patch_size, side) -> None:
+    """Only multi-cell VHR blocks are reordered; every other sensor's map is raster in both layouts."""
+    g = torch.Generator().manual_seed(0)
+    data = {"s2": torch.randn(1, 3, 10, 18, 18, generator=g), "s2_dates": torch.tensor([[10, 100, 200]]),
+            "l7": torch.randn(1, 2, 6, 6, 6, generator=g), "l7_dates": torch.tensor([[50, 150]]),
+            "alos": torch.randn(1, 2, 3, 6, 6, generator=g), "alos_dates": torch.tensor([[60, 160]]),
+            "spot": torch.randn(1, 3, 180, 180, generator=g)}
+    with torch.no_grad():
+        spatial = tiny(data, patch_size=patch_size, output="dense", output_modality=modality)
+        reference = tiny(data, patch_size=patch_size, output="dense", output_modality=modality,
+                         dense_layout="reference")
+    assert spatial.shape == (1, side, side, 512)
+    assert torch.equal(spatial, reference)
+
+
 def test_output_shapes_and_tile_equals_all_row0(tiny, treesat) -> None:
     with torch.no_grad():
         tile = tiny(treesat, patch_size=30, output="tile")

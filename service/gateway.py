@@ -1,0 +1,61 @@
+"""The state of one gateway process: settings, the Redis client and queue, metrics, heads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from service.gateway_metrics import GatewayMetrics
+from service.gateway_settings import GatewaySettings
+from service.heads_registry import HeadRegistry
+from service.model_info import describe_checkpoint
+from service.queue import RedisQueue
+from service.settings import QueueSettings
+from service.worker import live_workers
+
+# BLPOP slices in RedisQueue.wait_result are half the socket timeout (at most 1 s); this leaves room.
+_SOCKET_TIMEOUT_S = 5.0
+
+
+class Gateway:
+    def __init__(self, settings: GatewaySettings, metrics: GatewayMetrics | None = None) -> None:
+        if not settings.redis_url:
+            raise ValueError("redis_url is required: set ANYSAT_REDIS_URL, or run `anysat serve`, which starts "
+                             "a private Redis when it is unset")
+        self.settings = settings
+        self.metrics = metrics or GatewayMetrics()
+        self.heads = HeadRegistry(settings.heads_dir)
+        # No retries: an unreachable Redis must turn into a fast 503, not seconds of backoff; the pool
+        # reconnects by itself on the next request once Redis is back.
+        self.redis = redis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=settings.redis_timeout_s, socket_timeout=_SOCKET_TIMEOUT_S,
+            retry=Retry(NoBackoff(), 0))
+        self.queue_settings = QueueSettings(prefix=settings.queue_prefix)
+        self._queue: RedisQueue | None = None
+
+    def queue(self) -> RedisQueue:
+        # Built on first use, not at startup: the gateway must come up (and answer 503) while Redis is down.
+        if self._queue is None:
+            self._queue = RedisQueue(self.redis, self.queue_settings)
+        return self._queue
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready = Redis answers and at least one worker heartbeat is fresh."""
+        try:
+            self.redis.ping()
+            workers = live_workers(self.redis, self.settings.queue_prefix)
+        except redis.RedisError as exc:
+            return False, {"redis": f"unreachable: {type(exc).__name__}", "workers": None}
+        detail = {"redis": "ok", "workers": len(workers),
+                  "worker_states": sorted({w.state for w in workers})}
+        return bool(workers) and any(w.state == "running" for w in workers), detail
+
+    def checkpoint(self) -> dict[str, Any]:
+        return describe_checkpoint(Path(self.settings.resolved_checkpoint()))
+
+    def close(self) -> None:
+        self.redis.close()

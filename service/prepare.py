@@ -1,0 +1,143 @@
+"""Decoded tiles -> queue requests: limits, normalisation, georeference checks and the model's own shape
+validation (``model.plan_inputs`` on a batch of one), then the batch key (``ModalityConfig``).
+
+Every failure is an ``ApiError`` naming the field; nothing here can raise anything else on bad input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from model.inputs import plan_inputs
+from model.normalize import UnknownStatisticsError, normalize
+from model.sensors import MODALITIES, SENSORS, NormStats
+from service.api.problems import InputError, LimitExceeded
+from service.api.schemas import BandStats
+from service.configuration import ModalityConfig
+from service.gateway_settings import GatewaySettings
+from service.georef import check_alignment, reference
+from service.inputs.tile import Georef, SensorInput, TileInput
+
+
+@dataclass(frozen=True)
+class Query:
+    """What is asked of every tile of a request."""
+
+    patch_size: int
+    output: str = "tile"
+    output_modality: str | None = None
+    head: str | None = None
+    normalize: str = "auto"
+    stats: dict[str, BandStats] | None = None
+
+
+@dataclass(frozen=True)
+class PreparedTile:
+    config: ModalityConfig
+    tensors: dict[str, np.ndarray]  # the worker payload: normalised float32, int64 dates, no batch axis
+    georef: Georef | None  # of the whole tile (first georeferenced sensor), for output grids
+    side_m: float
+
+
+def _check_sensor(name: str, s: SensorInput, settings: GatewaySettings) -> None:
+    if name not in SENSORS:
+        raise InputError(s.field, f"unknown sensor {name!r}; expected one of {', '.join(MODALITIES)}")
+    sensor = SENSORS[name]
+    layout = "[T, C, H, W]" if sensor.time_series else "[C, H, W]"
+    if s.data.ndim != sensor.ndim - 1:
+        raise InputError(s.field, f"expected {layout}, got shape {list(s.data.shape)}")
+    if s.data.dtype.kind not in "uif":
+        raise InputError(s.field, f"expected numbers, got dtype {s.data.dtype}")
+    h, w = s.data.shape[-2:]
+    if h * w > settings.max_pixels_per_sensor:
+        raise LimitExceeded("max_pixels_per_sensor", s.field, f"{h} x {w} = {h * w} pixels, "
+                                                              f"at most {settings.max_pixels_per_sensor}")
+    if s.data.shape[-3] != sensor.channels:
+        raise InputError(s.field, f"expected {sensor.channels} bands ({', '.join(sensor.bands)}) "
+                                  f"in {layout}, got {s.data.shape[-3]}")
+    if sensor.time_series:
+        t = s.data.shape[0]
+        if t > settings.max_dates_per_series:
+            raise LimitExceeded("max_dates_per_series", s.field, f"{t} dates")
+        if s.dates is None:
+            raise InputError(s.dates_field, f"{name} is a time series: give one date per acquisition "
+                                            f"(day of year, 1 January = 1, or ISO date)")
+        if len(s.dates) != t:
+            raise InputError(s.dates_field, f"{len(s.dates)} dates for {t} acquisitions in {s.field}")
+    elif s.dates is not None:
+        raise InputError(s.dates_field, f"{name} is a single-date sensor; it takes no dates")
+
+
+def _normalised(name: str, s: SensorInput, query: Query) -> np.ndarray:
+    if query.normalize == "none":
+        x = s.data.astype(np.float32)
+    elif query.normalize == "auto":
+        try:
+            x = normalize(name, s.data)
+        except UnknownStatisticsError as exc:
+            raise InputError("normalize", f"{exc} (normalize=custom with stats, or normalize=none)") from None
+    else:
+        given = (query.stats or {}).get(name)
+        if given is None:
+            raise InputError("stats", f"normalize=custom needs stats for {name} (mean and std per band)")
+        c = SENSORS[name].channels
+        if len(given.mean) != c or len(given.std) != c:
+            raise InputError(f"stats.{name}", f"expected {c} means and {c} stds ({', '.join(SENSORS[name].bands)}), "
+                                              f"got {len(given.mean)} and {len(given.std)}")
+        if min(given.std) <= 0:
+            raise InputError(f"stats.{name}.std", "every std must be > 0")
+        x = normalize(name, s.data, NormStats(tuple(given.mean), tuple(given.std), source="request"))
+    if not np.isfinite(x).all():
+        raise InputError(s.field, "contains NaN or infinite values (after normalisation)")
+    return x
+
+
+def _field_of(message: str, tile: TileInput) -> str:
+    head = message.split(":", 1)[0].strip()
+    if head in tile:
+        return tile[head].field
+    for name in ("patch_size", "output_modality", "output"):
+        if message.startswith(name):
+            return name
+    return "tiles"
+
+
+def prepare_tile(tile: TileInput, query: Query, settings: GatewaySettings, field: str) -> PreparedTile:
+    if not tile:
+        raise InputError(field, "no sensors in this tile")
+    for name, s in tile.items():
+        _check_sensor(name, s, settings)
+    if query.stats:
+        extra = [n for n in query.stats if n not in tile]
+        if extra and query.normalize == "custom":
+            raise InputError(f"stats.{extra[0]}", "statistics for a sensor that is not in the request")
+    check_alignment(tile)
+    tensors: dict[str, np.ndarray] = {}
+    for name, s in tile.items():
+        tensors[name] = _normalised(name, s, query)
+        if s.dates is not None:
+            tensors[f"{name}_dates"] = s.dates.astype(np.int64)
+    batch = {k: torch.from_numpy(v)[None] for k, v in tensors.items()}
+    try:
+        plan = plan_inputs(batch, query.patch_size, query.output, query.output_modality)
+    except ValueError as exc:
+        raise InputError(_field_of(str(exc), tile), str(exc)) from None
+    if plan.n_patches > settings.max_patches_per_tile:
+        raise LimitExceeded("max_patches_per_tile", "patch_size",
+                            f"{plan.grid} x {plan.grid} = {plan.n_patches} patches per tile", status=422)
+    config = ModalityConfig(tuple((n, int(s.data.shape[-1])) for n, s in tile.items()), query.patch_size,
+                            query.output, query.output_modality, query.head)
+    ref = reference(tile)
+    first = plan.modalities[0]
+    side_m = first.sensor.gsd * tile[first.name].data.shape[-1]
+    return PreparedTile(config, tensors, ref[1] if ref else None, side_m)
+
+
+def prepare(tiles: list[TileInput], query: Query, settings: GatewaySettings) -> list[PreparedTile]:
+    if len(tiles) > settings.max_tiles_per_request:
+        raise LimitExceeded("max_tiles_per_request", "tiles",
+                            f"{len(tiles)} tiles, at most {settings.max_tiles_per_request}")
+    return [prepare_tile(t, query, settings, f"tiles[{i}]") for i, t in enumerate(tiles)]

@@ -1,0 +1,185 @@
+"""Malformed requests, table-driven: each gets the right 4xx and a message naming the field or limit.
+Never a 5xx, never a hang (every call has a timeout), and the worker keeps serving afterwards."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import struct
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from gateway_fixtures import SEG_HEAD, Service
+from rasterio.io import MemoryFile
+
+CRS = "EPSG:32632"
+
+
+def arr(shape: tuple[int, ...], dtype: str = "float32", fill: float = 1.0) -> dict[str, Any]:
+    data = base64.b64encode(np.full(shape, fill, dtype).tobytes()).decode()
+    return {"dtype": dtype, "shape": list(shape), "data": data}
+
+
+def s2(t: int = 2, **extra: Any) -> dict[str, Any]:
+    return {**arr((t, 10, 6, 6), fill=3000.0), "dates": list(range(10, 10 + 10 * t, 10))[:t], **extra}
+
+
+def body(tiles: list[dict[str, Any]] | None = None, **options: Any) -> dict[str, Any]:
+    return {"patch_size": 20, "tiles": tiles if tiles is not None else [{"s2": s2()}], **options}
+
+
+def tif(bands: np.ndarray, x0: float = 500000.0, y0: float = 5000000.0, res: float = 10.0, crs: str = CRS) -> bytes:
+    with MemoryFile() as mf:
+        with mf.open(driver="GTiff", count=bands.shape[0], height=bands.shape[1], width=bands.shape[2],
+                     dtype=bands.dtype.name, crs=crs, transform=Affine(res, 0, x0, 0, -res, y0)) as dst:
+            dst.write(bands)
+        return mf.read()
+
+
+def huge_tiff_header(side: int = 100_000) -> bytes:
+    """A classic little-endian TIFF whose only directory claims side x side pixels (and holds no data)."""
+    entries = [(256, 4, 1, side), (257, 4, 1, side), (277, 3, 1, 1)]
+    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", *e) for e in entries) + b"\0\0\0\0"
+    return b"II*\x00" + struct.pack("<I", 8) + ifd
+
+
+S2_TIF = tif(np.full((20, 6, 6), 3000, np.float32))
+AERIAL_TIF = tif(np.full((4, 300, 300), 100, np.uint8), res=0.2)
+
+
+def npz(**arrays: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+# (id, request kwargs for httpx, expected status, text that must appear in the error)
+CASES: list[tuple[str, dict[str, Any], int, str]] = [
+    ("malformed json", {"content": b'{"tiles": [', "headers": {"content-type": "application/json"}}, 400, "body"),
+    ("json not an object", {"json": [1, 2]}, 422, "body"),
+    ("missing tiles", {"json": {"patch_size": 20}}, 422, "tiles"),
+    ("empty tiles", {"json": body([])}, 422, "tiles"),
+    ("missing patch_size", {"json": {"tiles": [{"s2": s2()}]}}, 422, "patch_size"),
+    ("unknown option", {"json": body(colour="red")}, 422, "colour"),
+    ("unknown sensor", {"json": body([{"sentinel9": s2()}])}, 422, "sentinel9"),
+    ("unsupported dtype", {"json": body([{"s2": {**s2(), "dtype": "complex64"}}])}, 422, "dtype"),
+    ("bytes do not match shape", {"json": body([{"s2": {**s2(), "shape": [3, 10, 6, 6]}}])}, 400, "tiles[0].s2.data"),
+    ("invalid base64", {"json": body([{"s2": {**s2(), "data": "!!!not base64"}}])}, 400, "data"),
+    ("wrong rank", {"json": body([{"s2": {**arr((10, 6, 6)), "dates": [1]}}])}, 422, "[T, C, H, W]"),
+    ("wrong band count", {"json": body([{"s2": {**arr((2, 3, 6, 6)), "dates": [1, 2]}}])}, 422, "10 bands"),
+    ("missing dates", {"json": body([{"s2": {**arr((2, 10, 6, 6))}}])}, 422, "tiles[0].s2.dates"),
+    ("dates count mismatch", {"json": body([{"s2": s2(2, dates=[5])}])}, 422, "tiles[0].s2.dates"),
+    ("invalid date", {"json": body([{"s2": s2(2, dates=["2020-13-45", 4])}])}, 422, "ISO date"),
+    ("day of year out of range", {"json": body([{"s2": s2(2, dates=[0, 400])}])}, 422, "1..366"),
+    ("dates on a single-date sensor", {"json": body([{"aerial": {**arr((4, 300, 300), "uint8"), "dates": [3]}}])},
+     422, "tiles[0].aerial.dates"),
+    ("patch_size not a multiple of 10", {"json": body(patch_size=15)}, 422, "patch_size"),
+    ("patch_size does not divide the tile", {"json": body(patch_size=40)}, 422, "patch_size"),
+    ("unknown output", {"json": body(output="pixels")}, 422, "output"),
+    ("output_modality not an input", {"json": body(output="dense", output_modality="s1")}, 422, "output_modality"),
+    ("unknown statistics", {"json": body([{"l8": {**arr((1, 11, 6, 6)), "dates": [9]}}])}, 422, "normalize"),
+    ("custom without stats", {"json": body(normalize="custom")}, 422, "stats"),
+    ("custom stats wrong length", {"json": body(normalize="custom", stats={"s2": {"mean": [0], "std": [1]}})},
+     422, "stats.s2"),
+    ("NaN values", {"json": body([{"s2": {**arr((1, 10, 6, 6), fill=np.nan), "dates": [3]}}])}, 422, "NaN"),
+    ("extents differ in pixels", {"json": body([{"s2": s2(), "aerial": arr((4, 200, 200), "uint8")}])}, 422,
+     "same ground"),
+    ("too many tiles", {"json": body([{"s2": s2()}] * 9)}, 413, "max_tiles_per_request"),
+    ("too many dates", {"json": body([{"s2": {**arr((1, 10, 6, 6)), "dates": [1] * 513}}])}, 413,
+     "max_dates_per_series"),
+    ("body too large", {"content": b"x" * (8 * 2**20 + 1), "headers": {"content-type": "application/json"}}, 413,
+     "max_body_bytes"),
+    ("unsupported content type", {"content": b"hello", "headers": {"content-type": "text/plain"}}, 415,
+     "content-type"),
+    ("not acceptable", {"json": body(), "headers": {"accept": "image/png"}}, 406, "accept"),
+    ("geotiff cannot hold all", {"json": body(output="all", format="geotiff")}, 422, "format"),
+    ("multipart without boundary", {"content": b"--xyz\r\n\r\nab", "headers": {"content-type": "multipart/form-data"}},
+     400, "multipart"),
+    ("multipart unknown field", {"files": {"s2": ("s2.tif", S2_TIF)}, "data": {"patch_size": "20", "colour": "r",
+                                                                                 "s2_dates": "1,2"}}, 422, "colour"),
+    ("multipart sensor as text", {"data": {"s2": "abc", "patch_size": "20"}, "files": {"s1": ("s1", b"x")}}, 422,
+     "file part"),
+    ("multipart not a tiff", {"files": {"s2": ("s2.tif", b"hello world")}, "data": {"patch_size": "20",
+                                                                                     "s2_dates": "1,2"}}, 400, "s2"),
+    ("multipart corrupt tiff", {"files": {"s2": ("s2.tif", S2_TIF[:300])}, "data": {"patch_size": "20",
+                                                                                     "s2_dates": "1,2"}}, 400, "TIFF"),
+    ("tiff header claims huge raster", {"files": {"s2": ("s2.tif", huge_tiff_header())},
+                                        "data": {"patch_size": "20", "s2_dates": "1,2"}}, 413, "max_pixels_per_sensor"),
+    ("tiff bands not dates x bands", {"files": {"s2": ("s2.tif", tif(np.ones((15, 6, 6), np.float32)))},
+                                      "data": {"patch_size": "20", "s2_dates": "1"}}, 422, "multiple of the 10"),
+    ("multipart missing dates", {"files": {"s2": ("s2.tif", S2_TIF)}, "data": {"patch_size": "20"}}, 422, "s2_dates"),
+    ("extent off by more than half a pixel", {"files": {"aerial": ("a.tif", AERIAL_TIF),
+                                                        "s2": ("s2.tif", tif(np.ones((20, 6, 6), np.float32),
+                                                                             x0=500020.0))},
+                                              "data": {"patch_size": "20", "s2_dates": "1,2"}}, 422, "off by 20 m"),
+    ("different CRS", {"files": {"aerial": ("a.tif", AERIAL_TIF),
+                                 "s2": ("s2.tif", tif(np.ones((20, 6, 6), np.float32), crs="EPSG:32633"))},
+                       "data": {"patch_size": "20", "s2_dates": "1,2"}}, 422, "CRS"),
+    ("pixel size not the sensor's", {"files": {"s2": ("s2.tif", tif(np.ones((20, 6, 6), np.float32), res=30.0))},
+                                     "data": {"patch_size": "20", "s2_dates": "1,2"}}, 422, "resample"),
+    ("corrupt npz", {"content": b"PK\x03\x04broken", "headers": {"content-type": "application/x-npz"},
+                     "params": {"patch_size": "20"}}, 400, "npz"),
+    ("npz unknown array", {"content": npz(foo=np.ones(3)), "headers": {"content-type": "application/x-npz"},
+                           "params": {"patch_size": "20"}}, 422, "foo"),
+]
+
+MASK_CASES: list[tuple[str, dict[str, Any], int, str]] = [
+    ("unknown head", {"json": {"head": "nope", "tiles": [{"s2": s2()}]}}, 404, "head"),
+    ("head name with a path", {"json": {"head": "../etc", "tiles": [{"s2": s2()}]}}, 422, "head"),
+    ("sensor the head was not fitted on", {"json": {"head": SEG_HEAD, "tiles": [{"s2": s2()}]}}, 422, "fitted on"),
+    ("patch size other than the head's", {"json": {"head": SEG_HEAD, "patch_size": 60, "tiles": [{"s2": s2()}]}},
+     422, "patch_size"),
+]
+
+
+def _check(service: Service, path: str, kwargs: dict[str, Any], status: int, text: str) -> None:
+    r = httpx.post(f"{service.url}{path}", timeout=30, **kwargs)
+    assert r.status_code == status, r.text[:500]
+    error = r.json()["error"]
+    assert text in json.dumps(error), error
+
+
+@pytest.mark.parametrize(("case", "kwargs", "status", "text"), CASES, ids=[c[0] for c in CASES])
+def test_malformed_embedding_requests(gateway_service: Service, case: str, kwargs: dict, status: int,
+                                      text: str) -> None:
+    _check(gateway_service, "/v1/embeddings", kwargs, status, text)
+
+
+@pytest.mark.parametrize(("case", "kwargs", "status", "text"), MASK_CASES, ids=[c[0] for c in MASK_CASES])
+def test_malformed_mask_requests(gateway_service: Service, case: str, kwargs: dict, status: int, text: str) -> None:
+    _check(gateway_service, "/v1/masks", kwargs, status, text)
+
+
+def test_malformed_v2_requests(gateway_service: Service) -> None:
+    p = gateway_service.settings.queue_prefix
+    url = f"{gateway_service.url}/v2/models"
+    x = {"name": "s2", "shape": [1, 1, 10, 6, 6], "datatype": "FP32", "data": [0.0] * 360}
+    d = {"name": "s2_dates", "shape": [1, 1], "datatype": "INT64", "data": [5]}
+    cases = [
+        (f"{url}/nope-tile/infer", {"inputs": [x, d], "parameters": {"patch_size": 20}}, 404, "model"),
+        (f"{url}/{p}-tile/infer", {"inputs": [x, d]}, 422, "patch_size"),
+        (f"{url}/{p}-tile/infer", {"inputs": [{**x, "datatype": "FP99"}, d], "parameters": {"patch_size": 20}},
+         422, "datatype"),
+        (f"{url}/{p}-tile/infer", {"inputs": [{**x, "data": [0.0] * 7}, d], "parameters": {"patch_size": 20}},
+         422, "360 expected"),
+        (f"{url}/{p}-tile/infer", {"inputs": [x], "parameters": {"patch_size": 20}}, 422, "s2_dates"),
+        (f"{url}/{p}-tile/infer", {"inputs": [{**x, "parameters": {"binary_data_size": 9}}, d],
+                                   "parameters": {"patch_size": 20}}, 422, "binary_data_size"),
+    ]
+    for target, payload, status, text in cases:
+        r = httpx.post(target, json=payload, timeout=30)
+        assert r.status_code == status, (payload, r.text)
+        assert text in r.json()["error"], r.json()
+
+
+def test_still_serving_after_bad_requests(gateway_service: Service) -> None:
+    r = httpx.post(f"{gateway_service.url}/v1/embeddings", json=body(), timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["tiles"][0]["embedding"]["shape"] == [256]
+    with rasterio.open(io.BytesIO(S2_TIF)) as src:
+        assert src.count == 20

@@ -1,0 +1,59 @@
+"""Overall accuracy, macro / weighted F1 and mIoU from a confusion matrix (or per-label counts)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def confusion(pred: torch.Tensor, target: torch.Tensor, k: int, ignore: int | None = None) -> torch.Tensor:
+    """``[K, K]`` int64 counts, rows = truth, columns = prediction; ``ignore`` targets are skipped."""
+    pred, target = pred.reshape(-1).long(), target.reshape(-1).long()
+    keep = (target >= 0) & (target < k)
+    if ignore is not None:
+        keep &= target != ignore
+    return torch.bincount(target[keep] * k + pred[keep], minlength=k * k).reshape(k, k)
+
+
+def scores(cm: torch.Tensor) -> dict[str, float | list[float]]:
+    """From a confusion matrix: ``oa``, ``f1_macro``, ``f1_weighted``, ``miou`` and per-class IoU / F1.
+
+    Classes absent from both truth and prediction are left out of the macro averages."""
+    cm = cm.double()
+    tp, support, predicted = cm.diag(), cm.sum(1), cm.sum(0)
+    fp, fn = predicted - tp, support - tp
+    present = (support + predicted) > 0
+    f1 = torch.where(present, 2 * tp / (2 * tp + fp + fn).clamp(min=1e-12), torch.zeros_like(tp))
+    iou = torch.where(present, tp / (tp + fp + fn).clamp(min=1e-12), torch.zeros_like(tp))
+    total = cm.sum().clamp(min=1e-12)
+    return {
+        "oa": float(tp.sum() / total),
+        "f1_macro": float(f1[present].mean()) if present.any() else 0.0,
+        "f1_weighted": float((f1 * support).sum() / support.sum().clamp(min=1e-12)),
+        "miou": float(iou[present].mean()) if present.any() else 0.0,
+        "iou_per_class": [float(v) for v in iou],
+        "f1_per_class": [float(v) for v in f1],
+        "support": [int(v) for v in support],
+    }
+
+
+def multilabel_scores(probs: torch.Tensor, target: torch.Tensor,
+                      threshold: float = 0.5) -> dict[str, float | list[float]]:
+    """Multi-label: each class is a binary decision; ``oa`` is the per-label accuracy."""
+    pred = probs >= threshold
+    truth = target >= 0.5
+    tp = (pred & truth).sum(0).double()
+    fp = (pred & ~truth).sum(0).double()
+    fn = (~pred & truth).sum(0).double()
+    support = truth.sum(0).double()
+    present = (tp + fp + fn) > 0
+    f1 = torch.where(present, 2 * tp / (2 * tp + fp + fn).clamp(min=1e-12), torch.zeros_like(tp))
+    iou = torch.where(present, tp / (tp + fp + fn).clamp(min=1e-12), torch.zeros_like(tp))
+    return {
+        "oa": float((pred == truth).double().mean()),
+        "f1_macro": float(f1[present].mean()) if present.any() else 0.0,
+        "f1_weighted": float((f1 * support).sum() / support.sum().clamp(min=1e-12)),
+        "miou": float(iou[present].mean()) if present.any() else 0.0,
+        "iou_per_class": [float(v) for v in iou],
+        "f1_per_class": [float(v) for v in f1],
+        "support": [int(v) for v in support],
+    }
