@@ -202,6 +202,22 @@ class ExportCache:
         return export_configuration(self.model, config, path, self.checkpoint_sha256), False
 
 
+def list_exports(root: str | Path | None) -> list[dict[str, Any]]:
+    """Summaries of the complete exports under a cache directory (for ``GET /v1/models``)."""
+    if root is None or not Path(root).is_dir():
+        return []
+    out = []
+    for manifest in sorted(Path(root).glob("*/manifest.json")):
+        m = json.loads(manifest.read_text())
+        out.append({"name": m["name"], "configuration": m["configuration"],
+                    "checkpoint_sha256": m["checkpoint_sha256"], "max_abs_error_vs_eager": m["max_abs_error_vs_eager"]})
+    return out
+
+
+def default_export_dir() -> Path:
+    return Path(os.environ.get("ANYSAT_EXPORT_DIR") or Path.home() / ".cache" / "anysat" / "exports")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="anysat export", description="Export one modality configuration to "
                                      "ONNX, TorchScript and a Triton repository, checked against eager PyTorch.")

@@ -25,7 +25,7 @@ from model import AnySat, create_model
 from model.heads import Head, load_head
 from model.sensors import SENSORS
 from service.configuration import ModalityConfig
-from service.export import ExportCache, file_sha256
+from service.export import ExportCache, default_export_dir, file_sha256
 from service.metrics import WorkerMetrics
 from service.triton_backend import TritonBackend
 
@@ -181,7 +181,7 @@ def runner_from_env() -> ModelRunner:
     checkpoint = os.environ.get("ANYSAT_CHECKPOINT")
     if not checkpoint:
         raise ValueError("ANYSAT_CHECKPOINT is not set: the worker needs an encoder checkpoint")
-    export_dir = os.environ.get("ANYSAT_EXPORT_DIR") or Path.home() / ".cache" / "anysat" / "exports"
+    export_dir = default_export_dir()
     return ModelRunner.from_checkpoint(checkpoint, heads_dir=os.environ.get("ANYSAT_HEADS_DIR"),
                                        runtime=os.environ.get("ANYSAT_RUNTIME", "onnx"), export_dir=export_dir,
                                        triton_url=os.environ.get("ANYSAT_TRITON_URL"),

@@ -11,6 +11,7 @@ from model.inputs import OUTPUTS
 from model.sensors import SENSORS
 from service.api.deps import GatewayDep
 from service.api.problems import ApiError
+from service.export import default_export_dir, list_exports
 
 router = APIRouter(tags=["models"])
 
@@ -39,8 +40,8 @@ async def models(gateway: GatewayDep) -> dict[str, Any]:
         "outputs": list(OUTPUTS),
         "sensors": [_sensor(n) for n in SENSORS],
         "heads": heads,
-        # Configurations are exported per batch key by the workers' runtimes; eager runs any.
-        "exported_configurations": [],
+        # Exported lazily by the workers (one per batch key) into the shared export cache.
+        "exported_configurations": await run_in_threadpool(list_exports, default_export_dir()),
         "v2_models": [f"{gateway.settings.queue_prefix}-{o}" for o in OUTPUTS],
         "limits": gateway.settings.limits(),
     }
