@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check-parity": ("model.parity:main", "compare the model with the official implementation's outputs"),
     "benchmark": ("benchmarks.encoder:main", "time the encoder: eager vs ONNX Runtime, fp32 vs reduced"),
     "export": ("service.export:main", "export one modality configuration (ONNX, TorchScript, Triton repository)"),
+    "train": ("training.cli:main", "pretrain (JEPA), fine-tune or probe; writes encoders and heads"),
     "stats": ("training.data.stats:main", "per-sensor, per-band normalisation statistics of a dataset"),
 }
 

@@ -10,7 +10,7 @@ Measures, on the TreeSatAI configuration (aerial 300 px + s2 + s1-asc, patch 20 
    request (added latency = served p50 at 1 caller - raw forward);
 4. mean batch size with three configurations interleaved at 32 callers (read from the worker's
    ``anysat_batch_size`` histogram);
-5. resident memory of the worker and Redis before and after the run.
+5. resident memory of the worker, Redis used memory and key count, before and after the run.
 Every request's date count is drawn at random, so batches also exercise date padding.
 """
 
@@ -117,11 +117,15 @@ def main(argv: list[str] | None = None) -> int:
                                    "service.runtime:runner_from_env", "--max-batch-size", str(args.batch),
                                    "--max-wait-ms", "10"], env=env, cwd=REPO)
         queue = RedisQueue.from_url(url, QueueSettings())
-        redis_pid = int(redis.Redis.from_url(url).info("server")["process_id"])
+        client = redis.Redis.from_url(url)
+
+        def redis_state() -> tuple[float, int]:
+            return client.info("memory")["used_memory"] / 2**20, int(client.dbsize())
+
         try:
             for config in CONFIGS:  # warm every configuration's session before measuring
                 queue.wait_result(queue.enqueue(config.key(), make_request(config, rng), deadline_s=600), 600)
-            mem_before = (rss_mb(worker.pid), rss_mb(redis_pid))
+            mem_before = (rss_mb(worker.pid), *redis_state())
 
             def call(config: ModalityConfig, request: dict[str, np.ndarray]) -> float:
                 started = time.perf_counter()
@@ -142,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
             mixed_tput, _ = load(32, 3 * args.requests, CONFIGS)
             after = _batch_histogram(metrics_dir)
             mean_batch = (after[0] - before[0]) / max(1e-9, after[1] - before[1])
-            mem_after = (rss_mb(worker.pid), rss_mb(redis_pid))
+            time.sleep(1)  # let the last replies be read
+            mem_after = (rss_mb(worker.pid), *redis_state())
         finally:
             worker.terminate()
             worker.wait(timeout=60)
@@ -163,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
           f"({mean_batch / args.batch:.2f} x max_batch_size) |")
     print(f"| throughput, 3 interleaved configurations | {mixed_tput:.2f} tiles/s |")
     print(f"| worker RSS before / after | {mem_before[0]:.0f} / {mem_after[0]:.0f} MB |")
-    print(f"| Redis RSS before / after | {mem_before[1]:.1f} / {mem_after[1]:.1f} MB |")
+    print(f"| Redis used memory before / after | {mem_before[1]:.1f} / {mem_after[1]:.1f} MB |")
+    print(f"| Redis keys before / after (done-markers expire after result_ttl_s) | {mem_before[2]} / {mem_after[2]} |")
     return 0
 
 

@@ -8,4 +8,4 @@ PY=${PYTHON:-python3}
 python -m pip install -q --upgrade pip
 # torch first and pinned: the local 2.13.0 wheel is a CPU build; an unpinned torch would pull CUDA.
 python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[serve,dev]"
+python -m pip install -q -e ".[serve,train,dev]"

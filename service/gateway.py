@@ -28,7 +28,7 @@ class Gateway:
                              "a private Redis when it is unset")
         self.settings = settings
         self.metrics = metrics or GatewayMetrics()
-        self.heads = HeadRegistry(settings.heads_dir)
+        self.heads = HeadRegistry(settings.resolved_heads_dir())
         # No retries: an unreachable Redis must turn into a fast 503, not seconds of backoff; the pool
         # reconnects by itself on the next request once Redis is back.
         self.redis = redis.Redis.from_url(

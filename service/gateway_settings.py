@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 REPO = Path(__file__).resolve().parents[1]
 # What `anysat serve` serves when ANYSAT_CHECKPOINT is unset: the demo encoder training writes.
 DEMO_CHECKPOINT = REPO / "artifacts" / "demo" / "encoder.safetensors"
+DEMO_HEADS = REPO / "artifacts" / "demo" / "heads"  # served with the demo encoder: the land-cover head
 
 
 class GatewaySettings(BaseSettings):
@@ -27,7 +28,8 @@ class GatewaySettings(BaseSettings):
     queue_prefix: str = Field("anysat", min_length=1, description="key namespace; must equal the workers' --prefix")
     checkpoint: Path | None = Field(
         None, description=f"encoder checkpoint served (official .pth or ours); unset: {DEMO_CHECKPOINT.name} demo")
-    heads_dir: Path | None = Field(None, description="directory of <name>.safetensors heads (for /v1/masks)")
+    heads_dir: Path | None = Field(None, description="directory of <name>.safetensors heads (for /v1/masks); unset "
+                                   "with the demo encoder: artifacts/demo/heads")
     worker_metrics_dir: Path | None = Field(
         None, description="PROMETHEUS_MULTIPROC_DIR of local workers, summed into /metrics")
 
@@ -63,6 +65,12 @@ class GatewaySettings(BaseSettings):
 
     def resolved_checkpoint(self) -> Path:
         return self.checkpoint if self.checkpoint is not None else DEMO_CHECKPOINT
+
+    def resolved_heads_dir(self) -> Path | None:
+        """The configured heads; with the demo encoder (no checkpoint set), the demo heads."""
+        if self.heads_dir is not None or self.checkpoint is not None:
+            return self.heads_dir
+        return DEMO_HEADS if DEMO_HEADS.is_dir() else None
 
     def limits(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in type(self).model_fields if name.startswith("max_")}

@@ -50,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _start_workers(n: int, redis_url: str, settings: GatewaySettings, metrics_dir: Path,
                    checkpoint: Path) -> list[subprocess.Popen[bytes]]:
     env = {**os.environ, "ANYSAT_CHECKPOINT": str(checkpoint), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
-    if settings.heads_dir is not None:
-        env["ANYSAT_HEADS_DIR"] = str(settings.heads_dir)
+    if (heads := settings.resolved_heads_dir()) is not None:
+        env["ANYSAT_HEADS_DIR"] = str(heads)
     command = [sys.executable, "-m", "service.worker", "--redis-url", redis_url,
                "--runner", "service.runtime:runner_from_env", "--prefix", settings.queue_prefix]
     repo = Path(__file__).resolve().parents[1]

@@ -92,9 +92,9 @@ def test_ddp_two_cpu_processes(synthetic_datasets: tuple[Path, Path], tmp_path: 
     path = tmp_path / "cfg.json"
     path.write_text(cfg.model_dump_json())
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "training.cli", "pretrain", "--config", str(path)]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     from model.checkpoint import read_metadata
 
