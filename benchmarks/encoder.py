@@ -36,15 +36,19 @@ def treesat_batch(batch: int) -> dict[str, torch.Tensor]:
     return {k: v.expand(batch, *v.shape[1:]).contiguous() for k, v in load_tile(TILE).items()}
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> float:
-    """Achieved GFLOP/s of a large square matmul: the practical ceiling for this encoder."""
+def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 1.0, trials: int = 3) -> float:
+    """Achieved GFLOP/s of a large square matmul, best of ``trials``: the practical ceiling for
+    this encoder. Shared machines drift; the run measures it again at the end and keeps the max."""
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     a @ b
-    calls, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds or calls < 2:
-        a @ b
-        calls += 1
-    return 2 * n**3 * calls / elapsed / 1e9
+    best = 0.0
+    for _ in range(trials):
+        calls, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < seconds or calls < 2:
+            a @ b
+            calls += 1
+        best = max(best, 2 * n**3 * calls / elapsed / 1e9)
+    return best
 
 
 def flops_per_tile(size: str, patch_size: int) -> float:
@@ -149,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     torch.set_num_threads(args.threads)
-    peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16, n=1024, seconds=1.0)
+    peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16, n=1024, trials=1)
     print(f"# {args.threads} threads, torch {torch.__version__}; matmul peak: fp32 {peak32:.1f} GFLOP/s, "
           f"bf16 {peak16:.1f} GFLOP/s", flush=True)
     if "eager-bf16" in args.runtimes and peak16 < peak32 and not args.force_bf16:
@@ -190,6 +194,12 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{size:5s} B={batch:<3d} {runtime:11s} {r['ms_per_tile']:9.1f} ms/tile "
                           f"{rate:7.1f} GFLOP/s ({r['pct_fp32_peak']:5.1f}% of fp32 peak) "
                           f"peak {r['peak_mb']:7.0f} MB  cos {r['cosine_vs_fp32']:.5f}", flush=True)
+    peak_end = matmul_peak(torch.float32)
+    if peak_end > peak32:
+        print(f"# fp32 matmul peak re-measured at the end: {peak_end:.1f} GFLOP/s; percentages use it")
+        peak32 = peak_end
+        for r in rows:
+            r["pct_fp32_peak"] = 100 * r["gflops"] / peak32
     _table(rows, peak32)
     if args.json:
         args.json.write_text(json.dumps({"matmul_peak_fp32": peak32, "matmul_peak_bf16": peak16, "rows": rows},

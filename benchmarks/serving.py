@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8, help="max_batch_size of the worker = raw batch")
     parser.add_argument("--requests", type=int, default=128, help="requests per saturation measurement")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-wait-ms", type=float, default=5, help="worker max_wait_ms (default: its default)")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
 
@@ -103,9 +104,10 @@ def main(argv: list[str] | None = None) -> int:
             session.run(None, feed)
             runs += 1
         raw_tput = runs * args.batch / (time.perf_counter() - start)
-        one = stack_requests(CONFIGS[0], [make_request(CONFIGS[0], rng)])
+        fixed = make_request(CONFIGS[0], rng)  # the same request for the raw and the served latency
+        one = stack_requests(CONFIGS[0], [fixed])
         one_feed = {n: one[n] for n in names}
-        raw_one = statistics.median(_timed(lambda: session.run(None, one_feed)) for _ in range(10))
+        raw_one = statistics.median(_timed(lambda: session.run(None, one_feed)) for _ in range(20))
 
         # 2.-5. One worker process on the same Redis, same runtime and thread count.
         metrics_dir = tmp / "metrics"
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(REPO)}
         worker = subprocess.Popen([sys.executable, "-m", "service.worker", "--redis-url", url, "--runner",
                                    "service.runtime:runner_from_env", "--max-batch-size", str(args.batch),
-                                   "--max-wait-ms", "10"], env=env, cwd=REPO)
+                                   "--max-wait-ms", str(args.max_wait_ms)], env=env, cwd=REPO)
         queue = RedisQueue.from_url(url, QueueSettings())
         client = redis.Redis.from_url(url)
 
@@ -140,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
                 return n / (time.perf_counter() - started), latencies
 
             served_tput, _ = load(4 * args.batch, args.requests, CONFIGS[:1])
-            latency = {c: percentiles(load(c, max(2 * c, 24 if c == 1 else args.requests), CONFIGS[:1])[1])
-                       for c in (1, 8, 32)}
+            latency = {c: percentiles(load(c, args.requests, CONFIGS[:1])[1]) for c in (8, 32)}
+            solo = [call(CONFIGS[0], fixed) for _ in range(20)]  # 1 caller: the raw forward's request
+            latency = {1: percentiles(solo), **latency}
             before = _batch_histogram(metrics_dir)
             mixed_tput, _ = load(32, 3 * args.requests, CONFIGS)
             after = _batch_histogram(metrics_dir)

@@ -107,7 +107,9 @@ class Worker:
                         self._reclaim()
                         next_reclaim = now + self.settings.reclaim_interval_ms / 1000
                     self._fill(until=next_reclaim)
-                    while not self._stopping.is_set() and (batch := self._batcher.pop_due(time.monotonic())):
+                    # One batch per turn: what arrived while it ran is read before the next cut, so
+                    # lanes that waited behind it leave full instead of with whatever they held then.
+                    if not self._stopping.is_set() and (batch := self._batcher.pop_due(time.monotonic())):
                         self._process(*batch)
                 except (redis.ConnectionError, redis.TimeoutError) as exc:
                     # Redis restarting or unreachable: wait and retry. Whatever was run but not
