@@ -143,11 +143,14 @@ def main(argv: list[str] | None = None) -> int:
 
             served_tput, _ = load(4 * args.batch, args.requests, CONFIGS[:1])
             latency = {c: percentiles(load(c, args.requests, CONFIGS[:1])[1]) for c in (8, 32)}
+            inf_before = _histogram(metrics_dir, "anysat_inference_seconds")
             solo = [call(CONFIGS[0], fixed) for _ in range(20)]  # 1 caller: the raw forward's request
+            inf_after = _histogram(metrics_dir, "anysat_inference_seconds")
+            worker_forward = (inf_after[0] - inf_before[0]) / max(1.0, inf_after[1] - inf_before[1])
             latency = {1: percentiles(solo), **latency}
-            before = _batch_histogram(metrics_dir)
+            before = _histogram(metrics_dir, "anysat_batch_size")
             mixed_tput, _ = load(32, 3 * args.requests, CONFIGS)
-            after = _batch_histogram(metrics_dir)
+            after = _histogram(metrics_dir, "anysat_batch_size")
             mean_batch = (after[0] - before[0]) / max(1e-9, after[1] - before[1])
             time.sleep(1)  # let the last replies be read
             mem_after = (rss_mb(worker.pid), *redis_state())
@@ -167,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| end-to-end latency, {c} concurrent caller{'s' if c > 1 else ''}: p50 / p95 / p99 | "
               f"{p50:.1f} / {p95:.1f} / {p99:.1f} ms |")
     print(f"| added p50 latency at 1 caller (served p50 - raw forward) | {latency[1][0] - raw_one * 1000:.1f} ms |")
+    print(f"| the same forward inside the worker (inference histogram), 1 caller | {worker_forward * 1000:.1f} ms |")
+    print(f"| queue overhead at 1 caller (served p50 - worker forward) | "
+          f"{latency[1][0] - worker_forward * 1000:.1f} ms |")
     print(f"| mean batch size, 3 interleaved configurations, 32 callers | {mean_batch:.2f} "
           f"({mean_batch / args.batch:.2f} x max_batch_size) |")
     print(f"| throughput, 3 interleaved configurations | {mixed_tput:.2f} tiles/s |")
@@ -182,13 +188,13 @@ def _timed(fn) -> float:  # type: ignore[no-untyped-def]
     return time.perf_counter() - start
 
 
-def _batch_histogram(directory: Path) -> tuple[float, float]:
-    """(sum, count) of the worker's ``anysat_batch_size`` histogram, summed over processes."""
+def _histogram(directory: Path, name: str) -> tuple[float, float]:
+    """(sum, count) of one of the worker's histograms, summed over processes."""
     from service.metrics import multiprocess_registry
 
     total = count = 0.0
     for metric in multiprocess_registry(str(directory)).collect():
-        if metric.name == "anysat_batch_size":
+        if metric.name == name:
             for s in metric.samples:
                 if s.name.endswith("_sum"):
                     total += s.value
