@@ -20,20 +20,8 @@ def scores(cm: torch.Tensor) -> dict[str, float | list[float]]:
     Classes absent from both truth and prediction are left out of the macro averages."""
     cm = cm.double()
     tp, support, predicted = cm.diag(), cm.sum(1), cm.sum(0)
-    fp, fn = predicted - tp, support - tp
-    present = (support + predicted) > 0
-    f1 = torch.where(present, 2 * tp / (2 * tp + fp + fn).clamp(min=1e-12), torch.zeros_like(tp))
-    iou = torch.where(present, tp / (tp + fp + fn).clamp(min=1e-12), torch.zeros_like(tp))
-    total = cm.sum().clamp(min=1e-12)
-    return {
-        "oa": float(tp.sum() / total),
-        "f1_macro": float(f1[present].mean()) if present.any() else 0.0,
-        "f1_weighted": float((f1 * support).sum() / support.sum().clamp(min=1e-12)),
-        "miou": float(iou[present].mean()) if present.any() else 0.0,
-        "iou_per_class": [float(v) for v in iou],
-        "f1_per_class": [float(v) for v in f1],
-        "support": [int(v) for v in support],
-    }
+    oa = float(tp.sum() / cm.sum().clamp(min=1e-12))
+    return _summary(oa, tp, predicted - tp, support - tp, support, present=(support + predicted) > 0)
 
 
 def multilabel_scores(probs: torch.Tensor, target: torch.Tensor,
@@ -44,12 +32,16 @@ def multilabel_scores(probs: torch.Tensor, target: torch.Tensor,
     tp = (pred & truth).sum(0).double()
     fp = (pred & ~truth).sum(0).double()
     fn = (~pred & truth).sum(0).double()
-    support = truth.sum(0).double()
-    present = (tp + fp + fn) > 0
+    oa = float((pred == truth).double().mean())
+    return _summary(oa, tp, fp, fn, truth.sum(0).double(), present=(tp + fp + fn) > 0)
+
+
+def _summary(oa: float, tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, support: torch.Tensor,
+             present: torch.Tensor) -> dict[str, float | list[float]]:
     f1 = torch.where(present, 2 * tp / (2 * tp + fp + fn).clamp(min=1e-12), torch.zeros_like(tp))
     iou = torch.where(present, tp / (tp + fp + fn).clamp(min=1e-12), torch.zeros_like(tp))
     return {
-        "oa": float((pred == truth).double().mean()),
+        "oa": oa,
         "f1_macro": float(f1[present].mean()) if present.any() else 0.0,
         "f1_weighted": float((f1 * support).sum() / support.sum().clamp(min=1e-12)),
         "miou": float(iou[present].mean()) if present.any() else 0.0,
