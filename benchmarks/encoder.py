@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.proc import status_mb
+
 REPO = Path(__file__).resolve().parents[1]
 TILE = REPO / "examples" / "data" / "treesatai-ts" / "Abies_alba_1_1005_WEFL_NLF"
 RUNTIMES = ("eager-fp32", "eager-bf16", "onnx-fp32", "onnx-int8")
@@ -72,13 +74,6 @@ def _time(fn, repeats: int) -> float:
     return float(np.median(times))
 
 
-def _status_mb(field: str) -> float:
-    """``VmRSS``/``VmHWM`` of this process. Not ``ru_maxrss``: Linux carries that across exec, so a
-    child would report its (larger) parent's peak."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
-
-
 def _child(args: argparse.Namespace) -> None:
     """One (size, batch, runtime) measurement; prints a JSON line."""
     torch.set_num_threads(args.threads)
@@ -104,11 +99,11 @@ def _child(args: argparse.Namespace) -> None:
         def run() -> np.ndarray:
             return session.run(None, feed)[0]
 
-    loaded_mb = _status_mb("VmRSS")
+    loaded_mb = status_mb("VmRSS")
     seconds = _time(run, args.repeats)
     out = run()
     np.save(args.out_npy, out)
-    print(json.dumps({"seconds": seconds, "peak_mb": _status_mb("VmHWM"),
+    print(json.dumps({"seconds": seconds, "peak_mb": status_mb("VmHWM"),
                       "loaded_mb": loaded_mb}))
 
 

@@ -31,9 +31,11 @@ import onnxruntime as ort
 import redis
 import torch
 
+from benchmarks.proc import status_mb
 from model import create_model, save_checkpoint
+from model.checkpoint import file_sha256
 from service.configuration import ModalityConfig
-from service.export import ExportCache, file_sha256
+from service.export import ExportCache
 from service.queue import RedisQueue
 from service.redis_server import EmbeddedRedis
 from service.runtime import stack_requests
@@ -60,11 +62,6 @@ def make_request(config: ModalityConfig, rng: np.random.Generator) -> dict[str, 
         else:
             out[name] = rng.standard_normal((s.channels, side, side), dtype=np.float32)
     return out
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
 
 
 def percentiles(values: list[float]) -> tuple[float, float, float]:
@@ -127,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for config in CONFIGS:  # warm every configuration's session before measuring
                 queue.wait_result(queue.enqueue(config.key(), make_request(config, rng), deadline_s=600), 600)
-            mem_before = (rss_mb(worker.pid), *redis_state())
+            mem_before = (status_mb("VmRSS", worker.pid), *redis_state())
 
             def call(config: ModalityConfig, request: dict[str, np.ndarray]) -> float:
                 started = time.perf_counter()
@@ -153,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             after = _histogram(metrics_dir, "anysat_batch_size")
             mean_batch = (after[0] - before[0]) / max(1e-9, after[1] - before[1])
             time.sleep(1)  # let the last replies be read
-            mem_after = (rss_mb(worker.pid), *redis_state())
+            mem_after = (status_mb("VmRSS", worker.pid), *redis_state())
         finally:
             worker.terminate()
             worker.wait(timeout=60)

@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from benchmarks.proc import status_mb
 from service.client import AnySatClient
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,9 +51,8 @@ def _rss_by_role(root: int) -> dict[str, float]:
     for pid in _descendants(root):
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                       if line.startswith("VmRSS:")) / 1024
-        except (OSError, StopIteration):
+            rss = status_mb("VmRSS", pid)
+        except (OSError, ValueError):
             continue
         role = "redis" if "redis-server" in cmd else "worker" if "service.worker" in cmd else \
             "gateway" if pid == root else None

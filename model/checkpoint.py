@@ -7,6 +7,7 @@ with ``torch.load(weights_only=True)``: no arbitrary object is ever unpickled.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -25,6 +26,15 @@ _SIZES_BY_DIM = {256: "tiny", 512: "small", 768: "base"}
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded into the model it claims to be."""
+
+
+def file_sha256(path: str | Path) -> str:
+    """Identity of a checkpoint file: heads, export manifests and caches record it."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def official_to_ours(key: str, depth: int) -> str:

@@ -57,6 +57,8 @@ class LTAE(nn.Module):
         self.heads, self.key_dim, self.period = heads, key_dim, period
         widths = [in_chans, dim // 8, dim // 2, dim, 2 * dim, dim]
         layers: list[nn.Module] = []
+        # Four modules per layer, Dropout included, so Linear/GroupNorm keep the official indices
+        # (inconv.0, .1, .4, .5, ...) that checkpoints are keyed by.
         for w_in, w_out in itertools.pairwise(widths):
             layers += [nn.Linear(w_in, w_out), nn.GroupNorm(4, w_out), nn.ReLU(), nn.Dropout(0.0)]
         self.inconv = nn.Sequential(*layers)

@@ -30,6 +30,7 @@ import onnxruntime as ort
 import torch
 
 from model import AnySat, create_model
+from model.checkpoint import file_sha256
 from model.export import OPSET, PlannedAnySat, export_onnx, with_date_masks
 from model.inputs import plan_inputs
 from model.sensors import SENSORS
@@ -41,14 +42,6 @@ _ONNX_TO_TRITON = {"float32": "TYPE_FP32", "int64": "TYPE_INT64", "bool": "TYPE_
 
 class ExportError(RuntimeError):
     """An export that failed or disagreed with eager PyTorch; nothing was written."""
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def example_inputs(config: ModalityConfig, batch: int = 1, dates: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:

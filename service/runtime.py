@@ -22,10 +22,11 @@ import onnxruntime as ort
 import torch
 
 from model import AnySat, create_model
+from model.checkpoint import file_sha256
 from model.heads import Head, load_head
 from model.sensors import SENSORS
 from service.configuration import ModalityConfig
-from service.export import ExportCache, default_export_dir, file_sha256
+from service.export import ExportCache, default_export_dir
 from service.metrics import WorkerMetrics
 from service.triton_backend import TritonBackend
 

@@ -15,8 +15,9 @@ import torch
 from model_fixtures import OFFICIAL_TINY
 
 from model import create_model
+from model.checkpoint import file_sha256
 from service.configuration import ModalityConfig
-from service.export import ExportCache, ExportError, example_inputs, export_configuration, file_sha256, main
+from service.export import ExportCache, ExportError, example_inputs, export_configuration, main
 from service.queue import RedisQueue
 from service.runtime import ExportedBackend, ModelRunner
 from service.settings import QueueSettings, WorkerSettings

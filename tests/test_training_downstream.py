@@ -10,8 +10,8 @@ import pytest
 import torch
 from training_fixtures import TINY
 
+from model.checkpoint import file_sha256
 from model.heads import load_head
-from training.build import sha256_file
 from training.cli import main
 from training.config import EncoderSpec
 from training.downstream.metrics import confusion, multilabel_scores, scores
@@ -48,7 +48,7 @@ def test_classification_cli(synthetic_datasets: tuple[Path, Path], tmp_path: Pat
     history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
     assert len(history) == 2 and {"oa", "f1_macro", "f1_weighted", "miou"} <= set(history[-1])
     if command == "finetune":  # the head names the fine-tuned encoder it belongs to
-        assert head.config.encoder_sha256 == sha256_file(tmp_path / "run" / "encoder.safetensors")
+        assert head.config.encoder_sha256 == file_sha256(tmp_path / "run" / "encoder.safetensors")
 
 
 def test_cli_errors_are_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,10 +26,3 @@ def build_encoder(spec: EncoderSpec, sensors: Sequence[str]) -> AnySat:
         raise ValueError(f"the encoder has no projector for {lacking} (it has {list(model.projectors)})")
     return model.train()
 
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from model.checkpoint import save_checkpoint
+from model.checkpoint import file_sha256, save_checkpoint
 from model.encoder import AnySat
 from model.heads import Head, HeadConfig, save_head
 from model.sensors import SENSORS
 from training import distributed
-from training.build import build_encoder, sha256_file
+from training.build import build_encoder
 from training.config import DownstreamConfig, save_config
 from training.data import TileDataset, collate
 from training.downstream.metrics import confusion, multilabel_scores, scores
@@ -213,7 +213,7 @@ def run_downstream(cfg: DownstreamConfig, command: str = "", feature_baseline: s
         "config": cfg.model_dump(mode="json"),
     }
     head_cfg = HeadConfig(**{**head_cfg.__dict__, "metadata": metadata,
-                             "encoder_sha256": sha256_file(encoder_file) if encoder_file else None})
+                             "encoder_sha256": file_sha256(encoder_file) if encoder_file else None})
     final_head = Head(head_cfg)
     final_head.load_state_dict(head.state_dict())
     head_path = save_head(final_head, cfg.head_path or out / "head.safetensors")
