@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=128, help="requests per saturation measurement")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-wait-ms", type=float, default=5, help="worker max_wait_ms (default: its default)")
+    parser.add_argument("--adaptive-wait", action=argparse.BooleanOptionalAction, default=True,
+                        help="worker adaptive_wait (default: on, its default)")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
 
@@ -104,7 +106,6 @@ def main(argv: list[str] | None = None) -> int:
         fixed = make_request(CONFIGS[0], rng)  # the same request for the raw and the served latency
         one = stack_requests(CONFIGS[0], [fixed])
         one_feed = {n: one[n] for n in names}
-        raw_one = statistics.median(_timed(lambda: session.run(None, one_feed)) for _ in range(20))
 
         # 2.-5. One worker process on the same Redis, same runtime and thread count.
         metrics_dir = tmp / "metrics"
@@ -114,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
                "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(REPO)}
         worker = subprocess.Popen([sys.executable, "-m", "service.worker", "--redis-url", url, "--runner",
                                    "service.runtime:runner_from_env", "--max-batch-size", str(args.batch),
-                                   "--max-wait-ms", str(args.max_wait_ms)], env=env, cwd=REPO)
+                                   "--max-wait-ms", str(args.max_wait_ms),
+                                   "--adaptive-wait" if args.adaptive_wait else "--no-adaptive-wait"],
+                                  env=env, cwd=REPO)
         queue = RedisQueue.from_url(url, QueueSettings())
         client = redis.Redis.from_url(url)
 
@@ -141,7 +144,13 @@ def main(argv: list[str] | None = None) -> int:
             served_tput, _ = load(4 * args.batch, args.requests, CONFIGS[:1])
             latency = {c: percentiles(load(c, args.requests, CONFIGS[:1])[1]) for c in (8, 32)}
             inf_before = _histogram(metrics_dir, "anysat_inference_seconds")
-            solo = [call(CONFIGS[0], fixed) for _ in range(20)]  # 1 caller: the raw forward's request
+            # 1 caller: the raw forward's request, alternating with the raw forward itself so both
+            # see the same machine (this host's speed drifts between minutes).
+            solo, raw_solo = [], []
+            for _ in range(20):
+                raw_solo.append(_timed(lambda: session.run(None, one_feed)))
+                solo.append(call(CONFIGS[0], fixed))
+            raw_one = statistics.median(raw_solo)
             inf_after = _histogram(metrics_dir, "anysat_inference_seconds")
             worker_forward = (inf_after[0] - inf_before[0]) / max(1.0, inf_after[1] - inf_before[1])
             latency = {1: percentiles(solo), **latency}
@@ -156,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             worker.wait(timeout=60)
 
     print(f"\nTreeSatAI configuration, {args.size}, ONNX Runtime CPU, {args.threads} threads, max_batch_size "
-          f"{args.batch}, one worker process\n")
+          f"{args.batch}, max_wait_ms {args.max_wait_ms:g}, adaptive_wait {'on' if args.adaptive_wait else 'off'}, "
+          "one worker process\n")
     print("| measurement | value |")
     print("|---|---|")
     print(f"| raw ONNX Runtime throughput at B={args.batch} | {raw_tput:.2f} tiles/s |")

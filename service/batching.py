@@ -4,6 +4,11 @@ Pure bookkeeping, no Redis and no clock of its own (callers pass ``now``), so ev
 unit-testable: a batch holds one batch key only; it is cut at ``max_batch_size`` or when its
 oldest request has waited ``max_wait_ms``, whichever comes first; among keys that are due, the
 one whose oldest request arrived first goes first, so a busy key cannot starve a quiet one.
+
+Adaptive wait: waiting only pays when company is likely to come within ``max_wait_ms``. Each key
+keeps a moving average of the gap between its arrivals (as the worker reads them); a key whose
+requests arrive further apart than ``max_wait_ms`` is cut at once. A lone caller then pays no wait,
+while under load the backlog read in one go has gaps of zero and batches form as before.
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from service.queue import QueuedRequest
+
+_GAP_SMOOTHING = 0.25  # weight of the newest gap: a few arrivals at a new rate change the decision
+_MAX_KEYS = 1024  # arrival history is kept for this many recently seen keys
 
 
 @runtime_checkable
@@ -38,14 +46,22 @@ class _Lane:
         return self.waiting[0][0]
 
 
+@dataclass
+class _Arrivals:
+    last: float
+    gap: float | None = None  # moving average of the time between arrivals; None until two arrived
+
+
 class Batcher:
     """Per-key lanes of requests a worker holds but has not run yet."""
 
-    def __init__(self, max_batch_size: int, max_wait_ms: float) -> None:
+    def __init__(self, max_batch_size: int, max_wait_ms: float, adaptive_wait: bool = True) -> None:
         assert max_batch_size >= 1 and max_wait_ms >= 0
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
+        self.adaptive_wait = adaptive_wait
         self._lanes: OrderedDict[str, _Lane] = OrderedDict()
+        self._arrivals: OrderedDict[str, _Arrivals] = OrderedDict()  # recent keys only (_MAX_KEYS)
         self._size = 0
 
     def __len__(self) -> int:
@@ -55,23 +71,22 @@ class Batcher:
         for r in requests:
             self._lanes.setdefault(r.batch_key, _Lane()).waiting.append((now, r))
             self._size += 1
+            self._arrived(r.batch_key, now)
+
+    def expected_gap(self, key: str) -> float | None:
+        """Moving average of the seconds between this key's arrivals; None before two arrived."""
+        seen = self._arrivals.get(key)
+        return None if seen is None else seen.gap
 
     def time_until_due(self, now: float) -> float | None:
         """Seconds until some batch must be cut (0 if one is due now); None when holding nothing."""
         if not self._lanes:
             return None
-        if any(len(lane.waiting) >= self.max_batch_size for lane in self._lanes.values()):
-            return 0.0
-        oldest = min(lane.oldest for lane in self._lanes.values())
-        return max(0.0, oldest + self.max_wait_s - now)
+        return min(self._due_in(key, lane, now) for key, lane in self._lanes.items())
 
     def pop_due(self, now: float) -> tuple[str, list[QueuedRequest]] | None:
         """The next batch to run, or None if no key is full or has waited long enough."""
-        due = [
-            (lane.oldest, key)
-            for key, lane in self._lanes.items()
-            if len(lane.waiting) >= self.max_batch_size or now - lane.oldest >= self.max_wait_s
-        ]
+        due = [(lane.oldest, key) for key, lane in self._lanes.items() if self._due_in(key, lane, now) == 0.0]
         if not due:
             return None
         _, key = min(due)
@@ -83,6 +98,28 @@ class Batcher:
         for key in sorted(self._lanes, key=lambda k: self._lanes[k].oldest):
             out.extend(self._take(key, len(self._lanes[key].waiting)))
         return out
+
+    def _due_in(self, key: str, lane: _Lane, now: float) -> float:
+        if len(lane.waiting) >= self.max_batch_size or self._company_unlikely(key):
+            return 0.0
+        return max(0.0, lane.oldest + self.max_wait_s - now)
+
+    def _company_unlikely(self, key: str) -> bool:
+        # No history (a key's first request) counts as unlikely: a burst is read in one go anyway.
+        gap = self.expected_gap(key)
+        return self.adaptive_wait and (gap is None or gap > self.max_wait_s)
+
+    def _arrived(self, key: str, now: float) -> None:
+        seen = self._arrivals.get(key)
+        if seen is None:
+            self._arrivals[key] = _Arrivals(last=now)
+            if len(self._arrivals) > _MAX_KEYS:
+                self._arrivals.popitem(last=False)
+            return
+        gap = now - seen.last
+        seen.gap = gap if seen.gap is None else seen.gap + _GAP_SMOOTHING * (gap - seen.gap)
+        seen.last = now
+        self._arrivals.move_to_end(key)
 
     def _take(self, key: str, n: int) -> list[QueuedRequest]:
         lane = self._lanes[key]

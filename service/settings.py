@@ -62,6 +62,9 @@ class WorkerSettings(BaseModel):
     )
     max_batch_size: int = Field(32, ge=1, description="most requests per model call")
     max_wait_ms: float = Field(5.0, ge=0, description="how long a partial batch may wait for company")
+    adaptive_wait: bool = Field(
+        True, description="cut a partial batch at once when its key's requests arrive further apart than max_wait_ms"
+    )
     prefetch: int | None = Field(
         None, ge=1, description="requests held locally across keys; default 4 x max_batch_size"
     )

@@ -67,7 +67,7 @@ class Worker:
             timeout_s = settings.read_block_ms / 1000 + 5
             client = redis.Redis.from_url(settings.redis_url, socket_timeout=timeout_s)
         self.queue = RedisQueue(client, settings.queue)
-        self._batcher = Batcher(settings.max_batch_size, settings.max_wait_ms)
+        self._batcher = Batcher(settings.max_batch_size, settings.max_wait_ms, settings.adaptive_wait)
         self._stopping = threading.Event()
         # entry id -> deadline of everything this worker holds; the heartbeat renews their leases.
         self._held: dict[str, float] = {}
@@ -313,9 +313,11 @@ def _add_model_flags(parser: argparse._ActionsContainer, model: type[BaseModel])
             continue
         default = None if field.is_required() else field.get_default(call_default_factory=False)
         shown = "generated" if field.default_factory is not None else default
+        kind = _scalar_type(field.annotation)
+        typed: dict[str, Any] = {"action": argparse.BooleanOptionalAction} if kind is bool else {"type": kind}
         parser.add_argument(
             f"--{name.replace('_', '-')}",
-            type=_scalar_type(field.annotation),
+            **typed,
             default=None,
             help=f"{field.description or name} (default: {shown})",
         )

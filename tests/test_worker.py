@@ -99,6 +99,31 @@ def test_oldest_key_first_and_keys_never_mix() -> None:
     assert order == [("quiet", 1), ("busy", 2), ("busy", 2), ("busy", 2)]
 
 
+def test_adaptive_wait_cuts_a_lone_request_at_once_but_waits_for_a_stream() -> None:
+    b = Batcher(max_batch_size=4, max_wait_ms=10)
+    b.add([fake(0, "k")], now=0.0)  # first request of a key: no reason to expect company
+    assert b.time_until_due(0.0) == 0.0
+    assert b.pop_due(0.0) is not None
+    # A steady stream 2 ms apart: company is likely within 10 ms, so a partial batch waits.
+    for i, t in enumerate((0.002, 0.004, 0.006), start=1):
+        b.add([fake(i, "k")], now=t)
+        assert b.pop_due(t) is None
+    assert b.expected_gap("k") == pytest.approx(0.002)
+    assert b.time_until_due(0.006) == pytest.approx(0.006)  # the oldest (t = 2 ms) is due at 12 ms
+    assert len(b.pop_due(0.012)[1]) == 3  # type: ignore[index]
+    # The stream stops; a request after a long pause pulls the average past max_wait: cut at once.
+    b.add([fake(9, "k")], now=1.0)
+    assert b.expected_gap("k") > 0.010
+    assert b.pop_due(1.0) is not None
+
+
+def test_adaptive_wait_off_always_waits_for_max_wait() -> None:
+    b = Batcher(max_batch_size=4, max_wait_ms=10, adaptive_wait=False)
+    b.add([fake(0, "k")], now=0.0)
+    assert b.pop_due(0.0) is None and b.time_until_due(0.0) == pytest.approx(0.010)
+    assert b.pop_due(0.010) is not None
+
+
 # ---------------------------------------------------------------------- in-process workers
 
 
@@ -389,3 +414,12 @@ def test_metric_text_names() -> None:
     assert {"anysat_batch_size", "anysat_queue_wait_seconds", "anysat_inference_seconds", "anysat_requests",
             "anysat_export_cache_hits", "anysat_export_cache_misses", "anysat_reclaimed",
             "anysat_dead_lettered"} <= names  # fmt: skip
+
+
+def test_cli_flags_come_from_the_settings_models() -> None:
+    from service.worker import build_parser, settings_from_args
+
+    parse = build_parser().parse_args
+    s = settings_from_args(parse(["--redis-url", "redis://x", "--max-wait-ms", "2.5", "--no-adaptive-wait"]))
+    assert (s.max_wait_ms, s.adaptive_wait) == (2.5, False)
+    assert settings_from_args(parse(["--redis-url", "redis://x"])).adaptive_wait is True  # the model's default
