@@ -62,6 +62,12 @@ class AnySatClient:
 
     # ---------------------------------------------------------------- requests
 
+    def models(self) -> dict[str, Any]:
+        """``GET /v1/models``: the checkpoint, sensors, heads (with why one cannot be served) and limits."""
+        r = self.http.get("/v1/models")
+        self._raise(r)
+        return r.json()
+
     def embed(self, tiles: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]], *, patch_size: int,
               output: str = "tile", output_modality: str | None = None,
               dates: Mapping[str, Sequence[int | str]] | Sequence[Mapping[str, Sequence[int | str]]] | None = None,

@@ -28,7 +28,8 @@ class Gateway:
                              "a private Redis when it is unset")
         self.settings = settings
         self.metrics = metrics or GatewayMetrics()
-        self.heads = HeadRegistry(settings.resolved_heads_dir())
+        self.heads = HeadRegistry(settings.resolved_heads_dir(), Path(settings.resolved_checkpoint()))
+        self.heads.encoder_sha256()  # hash the checkpoint now, not inside the first request
         # No retries: an unreachable Redis must turn into a fast 503, not seconds of backoff; the pool
         # reconnects by itself on the next request once Redis is back.
         self.redis = redis.Redis.from_url(

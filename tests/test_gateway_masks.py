@@ -1,13 +1,11 @@
 """Masks: a crop of the real Landsat 8 scene (B2, B3, B4, resampled to the l8 sensor's 10 m; the other eight
 l8 bands filled) posted as a GeoTIFF to a segmentation head in the training file format; the class map comes
 back as a GeoTIFF with the input's CRS and transform, the head's classes, and nodata outside the class range.
-
-(l8, not l7 at its native 30 m: the model's dense output fails for the reduce_scale sensors l7/alos —
-reported; the gateway answers that 422 like any model rejection.)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -20,10 +18,11 @@ from gateway_fixtures import CLS_HEAD, LANDSAT, SEG_HEAD, Service
 from rasterio.windows import Window
 
 from model import AnySat
-from model.heads import load_head
+from model.checkpoint import file_sha256
+from model.heads import load_head, save_head
 from model.normalize import normalize
 from model.sensors import NormStats
-from service.client import AnySatClient
+from service.client import AnySatClient, AnySatError
 
 SIDE = 30  # px of 10 m: a 300 m tile, 10 x 10 patches of 30 m
 
@@ -82,3 +81,27 @@ def test_mask_json_probabilities_and_classification(gateway_service: Service, la
                 "s2": rng.normal(3000, 500, (3, 10, 6, 6)).astype(np.float32)}
         (cls,) = client.mask(tile, head=CLS_HEAD, dates={"s2": [10, 50, 90]})
     assert cls.extra["class"] in ("Abies_alba", "Picea_abies", "Pinus_sylvestris")
+
+
+def test_head_fitted_on_another_encoder_is_refused(gateway_service: Service, landsat_l8: tuple) -> None:
+    """A head records its encoder's sha256; on another encoder's features it would answer nonsense."""
+    _path, bands, _stats = landsat_l8
+    heads_dir = gateway_service.settings.heads_dir
+    served = file_sha256(gateway_service.settings.checkpoint)
+    head = load_head(heads_dir / f"{SEG_HEAD}.safetensors")
+    for name, sha in (("foreign", "0" * 64), ("own", served)):
+        head.config = dataclasses.replace(head.config, encoder_sha256=sha)
+        save_head(head, heads_dir / f"{name}.safetensors")
+    try:
+        with AnySatClient(gateway_service.url) as client:
+            with pytest.raises(AnySatError) as exc:
+                client.mask({"l8": bands[None] / 1000}, head="foreign", dates={"l8": [139]}, normalize="none")
+            assert exc.value.status == 409
+            assert exc.value.error["field"] == "head" and "000000000000" in exc.value.error["message"]
+            (own,) = client.mask({"l8": bands[None] / 1000}, head="own", dates={"l8": [139]}, normalize="none")
+            assert own.arrays["class_map"].shape == (SIDE, SIDE)
+            listed = {h["name"]: h for h in client.models()["heads"]}
+            assert "fitted on encoder" in listed["foreign"]["error"] and "error" not in listed["own"]
+    finally:
+        for name in ("foreign", "own"):
+            (heads_dir / f"{name}.safetensors").unlink()

@@ -84,6 +84,13 @@ class NotFound(ApiError):
     code = "not_found"
 
 
+class Conflict(ApiError):
+    """The request is valid but this deployment cannot honour it as configured."""
+
+    status = 409
+    code = "conflict"
+
+
 class Unavailable(ApiError):
     status = 503
     code = "unavailable"
