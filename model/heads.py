@@ -4,6 +4,8 @@
 - ``segmentation``: dense features ``[B, h, w, 2D]`` (patch ‖ sub-patch) -> LayerNorm -> Linear to
   ``K·u²`` per sub-patch -> unfolded to ``[B, K, h·u, w·u]`` logits (``u`` = pixels per sub-patch
   side in the label raster; 1 = one label per sub-patch).
+- ``task="change"``: a two-class segmentation head (0 = no change, 1 = change) fitted on time series
+  for change detection; it is served exactly as any segmentation head, the field only records the task.
 
 A head file is one ``.safetensors`` whose metadata holds ``HeadConfig`` as JSON: the class names and
 colours, the input modality configuration and patch size it was fitted for, and the sha256 of the
@@ -24,6 +26,7 @@ from torch import nn
 
 HEAD_FORMAT = "anysat-head/1"
 KINDS = ("classification", "segmentation")
+TASKS = (None, "change")  # refinements of a kind; None = the kind itself
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class HeadConfig:
     colours: tuple[str, ...] = ()  # "#rrggbb" per class, for rendering
     encoder_sha256: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)  # training metrics, data, command
+    task: str | None = None  # "change": binary change detection; optional so older head files still load
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -49,6 +53,11 @@ class HeadConfig:
             raise ValueError("a segmentation head needs output_modality")
         if self.colours and len(self.colours) != len(self.class_names):
             raise ValueError(f"{len(self.colours)} colours for {len(self.class_names)} classes")
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.task == "change" and (self.kind != "segmentation" or self.num_classes != 2 or self.multi_label):
+            raise ValueError(f"a change head is a single-label segmentation head with 2 classes (no change, change), "
+                             f"got kind {self.kind!r} with {self.num_classes} classes")
 
     @property
     def num_classes(self) -> int:

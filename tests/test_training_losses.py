@@ -44,6 +44,50 @@ def test_contrastive_loss_single_modality_is_zero() -> None:
     assert contrastive_loss([torch.randn(2, 4, 8)]).item() == 0.0
 
 
+def _full_matrix_contrastive(tokens: list[torch.Tensor], temperature: float,
+                             positives_in_denominator: bool) -> torch.Tensor:
+    """The unchunked formula (the whole (K·N)² similarity matrix at once), kept as the reference."""
+    k, (b, p, _) = len(tokens), tokens[0].shape
+    n = b * p
+    f = torch.nn.functional.normalize(torch.cat([t.reshape(n, -1) for t in tokens]), dim=-1)
+    sim = f @ f.T / temperature
+    modality, patch = torch.arange(k).repeat_interleave(n), torch.arange(n).repeat(k)
+    other_modality = modality[:, None] != modality[None, :]
+    same_patch = patch[:, None] == patch[None, :]
+    denominator = other_modality if positives_in_denominator else other_modality & ~same_patch
+    neg_inf = torch.finfo(sim.dtype).min
+    log_num = torch.logsumexp(sim.masked_fill(~(other_modality & same_patch), neg_inf), dim=1)
+    log_den = torch.logsumexp(sim.masked_fill(~denominator, neg_inf), dim=1)
+    return (log_den - log_num).mean()
+
+
+@pytest.mark.parametrize("with_positives", [True, False])
+@pytest.mark.parametrize("chunk_size", [1, 7, 16, 48, 10_000])  # K·N = 48: 7 does not divide it, 16 does
+def test_chunked_contrastive_matches_full_matrix(with_positives: bool, chunk_size: int) -> None:
+    g = torch.Generator().manual_seed(chunk_size)
+    tokens = [torch.randn(2, 8, 5, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    ref = _full_matrix_contrastive(tokens, 0.1, with_positives)
+    ref_grads = torch.autograd.grad(ref, tokens)
+    got = contrastive_loss(tokens, 0.1, with_positives, chunk_size=chunk_size)
+    grads = torch.autograd.grad(got, tokens)
+    assert abs(got.item() - ref.item()) < 1e-6
+    for a, b in zip(grads, ref_grads, strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=1e-6)
+    with torch.no_grad():  # evaluation: no recomputation, same value
+        assert abs(contrastive_loss(tokens, 0.1, with_positives, chunk_size=chunk_size).item() - ref.item()) < 1e-6
+
+
+def test_chunked_contrastive_float32() -> None:
+    torch.manual_seed(0)
+    tokens = [torch.randn(4, 9, 16, requires_grad=True) for _ in range(2)]
+    ref, got = _full_matrix_contrastive(tokens, 0.1, True), contrastive_loss(tokens, chunk_size=10)
+    assert abs(got.item() - ref.item()) < 1e-5
+    for a, b in zip(torch.autograd.grad(got, tokens), torch.autograd.grad(ref, tokens), strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="chunk_size"):
+        contrastive_loss(tokens, chunk_size=0)
+
+
 def test_jepa_loss_reads_only_dropped_patches() -> None:
     pred, target = torch.zeros(1, 3, 2), torch.tensor([[[1.0, 1.0], [2.0, 0.0], [100.0, 100.0]]])
     dropped = torch.tensor([[True, True, False]])

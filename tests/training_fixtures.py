@@ -38,6 +38,32 @@ def write_synthetic(root: Path, *, n_tiles: int = 6, modis: bool = False, labels
     return root
 
 
+CHANGE_NODATA = 255
+
+
+def write_change_dataset(root: Path, *, n_train: int = 24, n_val: int = 8, classes: tuple[str, ...] = ("no-change",
+                         "change"), dates: int = 6, seed: int = 0) -> Path:
+    """60 m tiles of an s1-asc series (10 m, 6×6 px): inside one random rectangle per tile the backscatter
+    jumps after the middle date, and the mask (10 m) marks that rectangle as class 1; each tile's first
+    mask row is nodata in half the tiles (ignored by losses and metrics)."""
+    rng = np.random.default_rng(seed)
+    spec = LabelSpec("mask", classes, nodata=CHANGE_NODATA, gsd=10.0)
+    with TileWriter(root, name=root.name, tile_size_m=60, sensors=("s1-asc",), label=spec) as w:
+        for i in range(n_train + n_val):
+            data = rng.normal(size=(dates, 2, 6, 6)).astype(np.float32)
+            mask = np.zeros((6, 6), np.int32)
+            h, wd = rng.integers(2, 4, size=2)
+            r, c = rng.integers(0, 6 - h + 1), rng.integers(0, 6 - wd + 1)
+            mask[r:r + h, c:c + wd] = 1
+            data[dates // 2:, :, r:r + h, c:c + wd] += 4.0  # the change: a strong, lasting shift
+            if i % 2:
+                mask[0] = CHANGE_NODATA
+            w.add(f"c{i}", {"s1-asc": TileSensor(data, dates=np.arange(1, dates + 1) * 30)},
+                  split="train" if i < n_train else "val", label=mask)
+    write_stats(compute_stats(root, split=None), root / "stats.json")
+    return root
+
+
 @pytest.fixture(scope="session")
 def synthetic_datasets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("training-data")

@@ -29,6 +29,10 @@ def _downstream_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="encoder checkpoint (ours .safetensors or the official .pth)")
     p.add_argument("--model", default=None, help="size name for official checkpoints / random init (default tiny)")
     p.add_argument("--dataset", help="labelled tile dataset (index.json)")
+    p.add_argument("--task", choices=["auto", "classification", "segmentation", "change"],
+                   help="default auto (from the labels); change: 2-class mask (1 = change) from a time series")
+    p.add_argument("--change-pos-weight", dest="change_pos_weight", type=float,
+                   help="change: loss weight of the change class (default: from the training labels' frequencies)")
     p.add_argument("--patch-size", dest="patch_size", type=int)
     p.add_argument("--output-modality", dest="output_modality")
     p.add_argument("--epochs", type=int)
@@ -107,8 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         from training.downstream.train import run_downstream
 
-        keys = ("dataset", "patch_size", "output_modality", "epochs", "batch_size", "lr", "eval_split", "out_dir",
-                "head_path", "device", "seed")
+        keys = ("dataset", "task", "change_pos_weight", "patch_size", "output_modality", "epochs", "batch_size", "lr",
+                "eval_split", "out_dir", "head_path", "device", "seed")
         overrides = {k: getattr(args, k) for k in keys}
         if args.command == "finetune":
             overrides["encoder_lr"] = args.encoder_lr

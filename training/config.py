@@ -152,7 +152,9 @@ class DownstreamConfig(_Strict):
 
     encoder: EncoderSpec
     dataset: str  # tile dataset with labels (class, multilabel or mask)
-    task: Literal["auto", "classification", "segmentation"] = "auto"  # auto: from the label kind
+    # auto: from the label kind; change: a 2-class mask (1 = change) predicted from a time series
+    task: Literal["auto", "classification", "segmentation", "change"] = "auto"
+    change_pos_weight: float | None = None  # change: loss weight of class 1; None = from training frequencies
     freeze_encoder: bool = True  # True = linear probing, False = full fine-tuning
     patch_size: int = 20
     output_modality: str | None = None  # segmentation: dense modality (default: the first sensor)
@@ -178,6 +180,11 @@ class DownstreamConfig(_Strict):
             raise ValueError(f"patch_size must be a positive multiple of 10, got {self.patch_size}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs >= 1, batch_size >= 1, lr > 0 required")
+        if self.change_pos_weight is not None:
+            if self.task != "change":
+                raise ValueError(f"change_pos_weight applies to task 'change' only, the task is {self.task!r}")
+            if self.change_pos_weight <= 0:
+                raise ValueError(f"change_pos_weight must be positive, got {self.change_pos_weight}")
         return self
 
 

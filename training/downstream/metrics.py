@@ -1,4 +1,5 @@
-"""Overall accuracy, macro / weighted F1 and mIoU from a confusion matrix (or per-label counts)."""
+"""Overall accuracy, macro / weighted F1 and mIoU from a confusion matrix (or per-label counts), and the
+change class's IoU / F1 / precision / recall for change detection."""
 
 from __future__ import annotations
 
@@ -22,6 +23,23 @@ def scores(cm: torch.Tensor) -> dict[str, float | list[float]]:
     tp, support, predicted = cm.diag(), cm.sum(1), cm.sum(0)
     oa = float(tp.sum() / cm.sum().clamp(min=1e-12))
     return _summary(oa, tp, predicted - tp, support - tp, support, present=(support + predicted) > 0)
+
+
+def change_scores(cm: torch.Tensor) -> dict[str, float]:
+    """From a ``[2, 2]`` confusion matrix (rows = truth, class 1 = change): ``iou_change``, ``f1_change``,
+    ``precision_change``, ``recall_change`` — what change-detection papers report, since OA and mIoU are
+    dominated by the no-change majority. A ratio with an empty denominator (no change predicted, or none
+    in the truth) is 0, as absent classes are elsewhere."""
+    if cm.shape != (2, 2):
+        raise ValueError(f"change metrics need a 2x2 confusion matrix (no change, change), got {tuple(cm.shape)}")
+    cm = cm.double()
+    tp, fp, fn = cm[1, 1], cm[0, 1], cm[1, 0]
+
+    def ratio(num: torch.Tensor, den: torch.Tensor) -> float:
+        return float(num / den) if den > 0 else 0.0
+
+    return {"iou_change": ratio(tp, tp + fp + fn), "f1_change": ratio(2 * tp, 2 * tp + fp + fn),
+            "precision_change": ratio(tp, tp + fp), "recall_change": ratio(tp, tp + fn)}
 
 
 def multilabel_scores(probs: torch.Tensor, target: torch.Tensor,
