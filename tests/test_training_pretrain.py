@@ -51,6 +51,17 @@ def test_sampling_follows_weights(synthetic_datasets: tuple[Path, Path]) -> None
     assert data[7].patch_size == other[7].patch_size and data[7].dataset == other[7].dataset
 
 
+def test_a_batch_never_holds_the_same_tile_twice(synthetic_datasets: tuple[Path, Path]) -> None:
+    # 4 tiles, batch size 10: copies of a tile would be negatives of each other in the contrastive loss
+    specs = [DatasetSpec(root=str(synthetic_datasets[1]), patch_sizes=(20,), batch_size=10, split=None)]
+    data = PretrainData(specs, MaskSpec(), seed=0)
+    for step in range(3):
+        s2 = data[step].data["s2"]
+        assert s2.shape[0] == 4
+        flat = s2.reshape(4, -1)
+        assert all(not torch.equal(flat[i], flat[j]) for i in range(4) for j in range(i + 1, 4))
+
+
 def test_a_few_steps_on_a_fixed_batch_lower_the_loss(synthetic_datasets: tuple[Path, Path]) -> None:
     torch.manual_seed(0)
     cfg = _config(synthetic_datasets, Path("unused"))

@@ -1,6 +1,6 @@
 """Pretraining batches over several datasets (paper §3.2): each step draws a dataset by weight, then a
-patch size from that dataset's list, then a batch of that dataset's batch size; the collator samples
-the student's masks.
+patch size from that dataset's list, then a batch of that dataset's batch size (distinct tiles: at most
+as many as the dataset holds); the collator samples the student's masks.
 
 Every draw is a pure function of ``(seed, step)`` (dataset and patch size: identical on every rank)
 and ``(seed, step, rank)`` (tiles and masks), so resuming at a step reproduces the same batches with no
@@ -91,11 +91,10 @@ class PretrainData(Dataset[PretrainBatch]):
         d, patch = self.draw(step)
         spec, ds = self.specs[d], self.datasets[d]
         g = step_generator(self.seed, step, self.rank + 1)
-        replace = len(ds) < spec.batch_size
-        if replace:
-            idx = torch.randint(len(ds), (spec.batch_size,), generator=g)
-        else:
-            idx = torch.randperm(len(ds), generator=g)[:spec.batch_size]
+        # Never the same tile twice in a batch: the contrastive loss takes every other sample's patches as
+        # negatives, and a copy of a tile (differing only by its date masks) is no negative. A dataset with
+        # fewer tiles than its batch size gives smaller batches.
+        idx = torch.randperm(len(ds), generator=g)[:spec.batch_size]
         batch = collate([ds[int(i)] for i in idx])
         data: dict[str, Any] = {k: v for k, v in batch.items() if k not in ("id", "label")}
         grid = round(ds.index.tile_size_m / patch)
