@@ -145,10 +145,13 @@ def main(argv: list[str] | None = None) -> int:
             latency = {c: percentiles(load(c, args.requests, CONFIGS[:1])[1]) for c in (8, 32)}
             inf_before = _histogram(metrics_dir, "anysat_inference_seconds")
             # 1 caller: the raw forward's request, alternating with the raw forward itself so both
-            # see the same machine (this host's speed drifts between minutes).
+            # see the same machine (this host's speed drifts between minutes). The pauses let the
+            # other side's ONNX Runtime threads stop spinning, which would steal one of the 2 cores.
             solo, raw_solo = [], []
-            for _ in range(20):
+            for _ in range(40):
+                time.sleep(0.05)
                 raw_solo.append(_timed(lambda: session.run(None, one_feed)))
+                time.sleep(0.05)
                 solo.append(call(CONFIGS[0], fixed))
             raw_one = statistics.median(raw_solo)
             inf_after = _histogram(metrics_dir, "anysat_inference_seconds")

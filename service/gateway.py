@@ -13,7 +13,7 @@ from service.gateway_metrics import GatewayMetrics
 from service.gateway_settings import GatewaySettings
 from service.heads_registry import HeadRegistry
 from service.model_info import describe_checkpoint
-from service.queue import RedisQueue
+from service.queue import RedisQueue, connect
 from service.settings import QueueSettings
 from service.worker import live_workers
 
@@ -32,7 +32,7 @@ class Gateway:
         self.heads.encoder_sha256()  # hash the checkpoint now, not inside the first request
         # No retries: an unreachable Redis must turn into a fast 503, not seconds of backoff; the pool
         # reconnects by itself on the next request once Redis is back.
-        self.redis = redis.Redis.from_url(
+        self.redis = connect(
             settings.redis_url, socket_connect_timeout=settings.redis_timeout_s, socket_timeout=_SOCKET_TIMEOUT_S,
             retry=Retry(NoBackoff(), 0))
         self.queue_settings = QueueSettings(prefix=settings.queue_prefix)

@@ -35,7 +35,7 @@ from service.batching import Batcher, Runner
 from service.errors import ErrorKind
 from service.heartbeat import Heartbeat, WorkerInfo, live_workers
 from service.metrics import WorkerMetrics
-from service.queue import Err, Ok, QueuedRequest, RedisQueue, Reply
+from service.queue import Err, Ok, QueuedRequest, RedisQueue, Reply, connect
 from service.settings import QueueSettings, WorkerSettings
 
 __all__ = ["Worker", "live_workers", "load_runner", "main"]
@@ -65,7 +65,7 @@ class Worker:
         if client is None:
             # Blocking reads last up to read_block_ms; the socket timeout must outlast them.
             timeout_s = settings.read_block_ms / 1000 + 5
-            client = redis.Redis.from_url(settings.redis_url, socket_timeout=timeout_s)
+            client = connect(settings.redis_url, socket_timeout=timeout_s)
         self.queue = RedisQueue(client, settings.queue)
         self._batcher = Batcher(settings.max_batch_size, settings.max_wait_ms, settings.adaptive_wait)
         self._stopping = threading.Event()
