@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from service.queue import connect
 from service.redis_server import EmbeddedRedis
 
 
@@ -23,7 +24,7 @@ def redis_url() -> Iterator[str]:
 
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
+    client = connect(redis_url)  # the engine's client setup (hiredis parser, Python packer)
     yield client
     client.close()
 

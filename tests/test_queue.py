@@ -22,7 +22,7 @@ from service.errors import (
     RequestTimedOut,
     ResultTimeout,
 )
-from service.queue import Err, Ok, RedisQueue
+from service.queue import Err, Ok, RedisQueue, connect
 from service.settings import QueueSettings
 
 
@@ -57,6 +57,18 @@ def test_payload_rejects_bytes_it_did_not_write() -> None:
         payload.decode(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
     with pytest.raises(payload.PayloadError):
         payload.decode(b"\x01")
+
+
+def test_engine_client_sends_and_reads_every_argument_kind(redis_url: str, key_prefix: str) -> None:
+    client = connect(redis_url)
+    big = np.random.default_rng(0).bytes(3 * 2**20)  # larger than one socket read and the send cutoff
+    for value, expected in ((big, big), (memoryview(big), big), ("é", "é".encode()), (7, b"7"), (0.5, b"0.5")):
+        client.set(f"{key_prefix}:arg", value)
+        assert client.get(f"{key_prefix}:arg") == expected
+    with pytest.raises(redis.DataError, match="booleans"):
+        client.set(f"{key_prefix}:arg", True)
+    assert type(client.connection_pool.get_connection()._parser).__name__ == "_HiredisParser"  # the dependency
+    client.close()
 
 
 def test_round_trip_and_nothing_left_behind(redis_client: redis.Redis, key_prefix: str) -> None:
