@@ -51,6 +51,19 @@ def with_date_masks(data: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
+def _no_dynamic_dim_of_one(example: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Batch and date counts of at least 2. torch.export takes a dimension of size 1 in the example for
+    the constant 1 (its 0/1 specialisation); the dense path's reshapes then froze the graph's batch or
+    date count at 1. Repeated rows and dates only shape the trace, never its values."""
+    if next(iter(example.values())).shape[0] == 1:
+        example = {k: torch.cat([v, v]) for k, v in example.items()}
+    for key in [k for k in example if k in SENSORS and SENSORS[k].time_series]:
+        if example[key].shape[1] == 1:
+            for k in (key, f"{key}_dates", f"{key}_date_mask"):
+                example[k] = torch.cat([example[k], example[k]], dim=1)
+    return example
+
+
 def export_onnx(model: AnySat, example: Mapping[str, torch.Tensor], path: str | Path, patch_size: int,
                 output: str = "tile", output_modality: str | None = None, opset: int = OPSET,
                 optimize: bool = False) -> list[str]:
@@ -59,7 +72,7 @@ def export_onnx(model: AnySat, example: Mapping[str, torch.Tensor], path: str | 
     ``optimize`` runs the exporter's graph optimiser; off by default because it quadruples export
     time (workers export on a configuration's first request) and ONNX Runtime applies its own
     graph optimisations when it loads the model."""
-    example = with_date_masks(example)
+    example = _no_dynamic_dim_of_one(with_date_masks(example))
     plan = plan_inputs(example, patch_size, output, output_modality)
     names = input_names(example)
     wrapper = PlannedAnySat(model, plan, names).eval()

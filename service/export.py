@@ -76,7 +76,9 @@ def export_configuration(model: AnySat, config: ModalityConfig, out_dir: str | P
         raise ExportError("heads are applied after the encoder graph; export the head's encoder configuration")
     out_dir = Path(out_dir)
     model = model.eval()
-    example = example_inputs(config)
+    # Two rows, not one: tracers treat a dimension of size 1 as the constant 1 (torch.export's 0/1
+    # specialisation), and the dense path's reshapes would then freeze the graph's batch at 1.
+    example = example_inputs(config, batch=2)
     plan_inputs(example, config.patch_size, config.output, config.output_modality)  # validates the configuration
     name = name or f"anysat_{config.digest()}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -120,7 +122,7 @@ def export_configuration(model: AnySat, config: ModalityConfig, out_dir: str | P
 
 
 def _check(model: AnySat, config: ModalityConfig, directory: Path, names: list[str]) -> dict[str, float]:
-    data = example_inputs(config, batch=2, dates=9, seed=1)
+    data = example_inputs(config, batch=3, dates=9, seed=1)
     for key in [k for k in data if k.endswith("_date_mask")][:1]:
         data[key][1, 6:] = False  # one padded row, as served batches will have
     with torch.no_grad():

@@ -12,6 +12,7 @@ head's output kind: ``tile`` for classification, ``dense`` of the head's modalit
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -161,7 +162,9 @@ class ModelRunner:
     def run(self, batch_key: str, requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         config = ModalityConfig.from_key(batch_key)
         batch = stack_requests(config, requests)
-        features = self.backend.forward(config, batch)
+        # The head runs here, after the graph: backends see the encoder configuration without it, so a
+        # head shares the encoder export of its modality configuration (the batch key still has it).
+        features = self.backend.forward(dataclasses.replace(config, head=None), batch)
         if config.head is None:
             return [{"embedding": row} for row in features]
         head = self.head(config.head)

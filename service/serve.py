@@ -90,8 +90,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             embedded = EmbeddedRedis()
             metrics_dir = Path(tempfile.mkdtemp(prefix="anysat-metrics-"))
             url = embedded.start()
+            # Pin what was resolved: with the checkpoint now explicit, resolved_heads_dir() would no
+            # longer fall back to the demo heads that go with the demo encoder.
             settings = settings.model_copy(update={"redis_url": url, "worker_metrics_dir": metrics_dir,
-                                                   "checkpoint": checkpoint})
+                                                   "checkpoint": checkpoint,
+                                                   "heads_dir": settings.resolved_heads_dir()})
             workers = _start_workers(settings.workers, url, settings, metrics_dir, checkpoint)
             log.info("embedded Redis at %s, %d worker(s)", url, len(workers))
         log.info("serving %s on http://%s:%d (docs at /docs)", checkpoint, settings.host, settings.port)

@@ -9,11 +9,17 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import numpy as np
 from gateway_fixtures import REPO
 from test_gateway_errors import body
+
+from service.client import AnySatClient
+from service.gateway_settings import DEMO_CHECKPOINT
 
 
 def _free_port() -> int:
@@ -22,10 +28,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_serve_runs_gateway_redis_and_worker(reference_dir: Path) -> None:
+@contextmanager
+def serving(env: dict[str, str]) -> Iterator[str]:
+    """``anysat serve`` in a subprocess with ``env``; yields its URL once ready; SIGTERM must stop it cleanly."""
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANYSAT_")}
-    env["ANYSAT_CHECKPOINT"] = str(reference_dir / "anysat_tiny_seed0.pth")
     proc = subprocess.Popen([sys.executable, "-c", "import sys; from service.serve import main; "
                              f"sys.exit(main(['--port', '{port}', '--log-level', 'warning']))"],
                             cwd=REPO, env=env, start_new_session=True)
@@ -42,9 +48,7 @@ def test_serve_runs_gateway_redis_and_worker(reference_dir: Path) -> None:
                 break
             time.sleep(0.2)
         assert status == 200, f"not ready (exit {proc.poll()})"
-        r = httpx.post(f"{url}/v1/embeddings", json=body(), timeout=60)
-        assert r.status_code == 200, r.text
-        assert "anysat_requests_total" in httpx.get(f"{url}/metrics", timeout=10).text  # the worker's, summed
+        yield url
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -55,8 +59,34 @@ def test_serve_runs_gateway_redis_and_worker(reference_dir: Path) -> None:
                 proc.wait()
 
 
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("ANYSAT_")}
+
+
+def test_serve_runs_gateway_redis_and_worker(reference_dir: Path) -> None:
+    env = {**_clean_env(), "ANYSAT_CHECKPOINT": str(reference_dir / "anysat_tiny_seed0.pth")}
+    with serving(env) as url:
+        r = httpx.post(f"{url}/v1/embeddings", json=body(), timeout=60)
+        assert r.status_code == 200, r.text
+        assert "anysat_requests_total" in httpx.get(f"{url}/metrics", timeout=10).text  # the worker's, summed
+        assert httpx.get(f"{url}/v1/models", timeout=10).json()["heads"] == []  # no demo heads for another encoder
+
+
+def test_serve_defaults_serve_the_demo_encoder_and_its_head() -> None:
+    """The README's main command: no settings at all gives the demo encoder *and* its land-cover head."""
+    with serving(_clean_env()) as url, AnySatClient(url) as client:
+        models = client.models()
+        assert models["checkpoint"]["path"] == str(DEMO_CHECKPOINT)
+        (head,) = [h for h in models["heads"] if h["name"] == "landcover"]
+        assert "error" not in head and head["classes"] == ["water", "crop", "tree", "developed"]
+        rng = np.random.default_rng(0)
+        l8 = rng.uniform(0.0, 0.3, (1, 11, 12, 12)).astype(np.float32)  # 120 m of l8 at 10 m, one date
+        (mask,) = client.mask({"l8": l8}, head="landcover", dates={"l8": [139]}, normalize="none")
+        assert mask.arrays["class_map"].shape == (12, 12) and mask.arrays["class_map"].max() < 4
+
+
 def test_serve_without_checkpoint_says_how(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANYSAT_")}
+    env = _clean_env()
     r = subprocess.run([sys.executable, "-c", "import sys; from service.serve import main; "
                         f"sys.exit(main(['--checkpoint', '{tmp_path / 'none.pth'}']))"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=60)

@@ -28,3 +28,25 @@ def test_treesat_onnx_dynamic_batch_and_dates(tmp_path, tiny, treesat) -> None:
     assert onnx_out.shape == (3, 256)
     assert np.abs(onnx_out - eager).max() < 1e-4
     assert np.abs(onnx_out[0] - onnx_out[1]).max() > 1e-3  # rows really differ: no broadcast bug
+
+
+def test_dense_export_from_a_one_row_example_keeps_the_batch_dynamic(tmp_path) -> None:
+    """A one-row, one-date example used to freeze the dense graph's batch and date count at 1 (the
+    tracer's 0/1 specialisation), so every segmentation head failed on ONNX Runtime."""
+    from model import create_model
+    from service.gateway_settings import DEMO_CHECKPOINT
+
+    model = create_model(checkpoint=DEMO_CHECKPOINT).eval()  # the encoder the land-cover head is served with
+    g = torch.Generator().manual_seed(0)
+    one = {"l8": torch.randn(1, 1, 11, 12, 12, generator=g), "l8_dates": torch.tensor([[139]])}
+    path = tmp_path / "l8_dense.onnx"
+    names = export_onnx(model, one, path, patch_size=30, output="dense", output_modality="l8")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[0] == "batch"
+    data = with_date_masks({"l8": torch.randn(3, 2, 11, 12, 12, generator=g),
+                            "l8_dates": torch.tensor([[100, 139]] * 3)})
+    with torch.no_grad():
+        eager = model(data, patch_size=30, output="dense", output_modality="l8").numpy()
+    out = session.run(None, {n: data[n].numpy() for n in names})[0]
+    assert out.shape == eager.shape and out.shape[0] == 3
+    assert np.abs(out - eager).max() < 1e-4
