@@ -13,6 +13,7 @@ Layout of one export directory::
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import os
@@ -65,12 +66,18 @@ class ExportResult:
 
 
 def export_configuration(model: AnySat, config: ModalityConfig, out_dir: str | Path, checkpoint_sha256: str,
-                         max_error: float = MAX_EXPORT_ERROR, name: str | None = None) -> ExportResult:
+                         max_error: float = MAX_EXPORT_ERROR, name: str | None = None,
+                         conditioning_factor: float = 2.0) -> ExportResult:
     """Write ONNX, TorchScript, the Triton repository and ``manifest.json`` into ``out_dir``.
 
     Both artefacts are run on fresh random inputs at another batch size and date count than the
-    trace used, and compared with eager; above ``max_error`` nothing is kept and ``ExportError``
-    is raised. The directory is built beside ``out_dir`` and renamed into place atomically.
+    trace used, and compared with eager fp32 and with an fp64 eager run. An export is kept when it is
+    within ``max_error`` of eager fp32, or, failing that, when every output (eager fp32's included) is
+    within ``max(max_error, conditioning_factor × eager fp32's own error)`` of fp64: some outputs are
+    ill-conditioned in fp32 (measured: dense l8 of the demo encoder at 60 px, eager fp32 2e-4 from
+    fp64), and an export must not be refused for being as exact as eager. Otherwise nothing is kept
+    and ``ExportError`` is raised. The directory is built beside ``out_dir`` and renamed into place
+    atomically.
     """
     if config.head is not None:
         raise ExportError("heads are applied after the encoder graph; export the head's encoder configuration")
@@ -91,11 +98,11 @@ def export_configuration(model: AnySat, config: ModalityConfig, out_dir: str | P
         with torch.no_grad():
             traced = torch.jit.trace(wrapper, tuple(example[n] for n in names), check_trace=False)
         traced.save(str(tmp / "model.ts"))
-        errors = _check(model, config, tmp, names)
-        worst = max(errors.values())
-        if not worst <= max_error:
+        errors, exactness = _check(model, config, tmp, names)
+        allowed = max(max_error, conditioning_factor * exactness["eager"])
+        if not max(errors.values()) <= max_error and not max(exactness.values()) <= allowed:
             raise ExportError(f"export of {config.key()} disagrees with eager PyTorch: max |err| {errors} > "
-                              f"{max_error:g}; nothing written")
+                              f"{max_error:g}, and against fp64 {exactness} > {allowed:g}; nothing written")
         graph = onnx.load(str(tmp / "model.onnx"), load_external_data=False)
         manifest = {
             "name": name,
@@ -107,6 +114,7 @@ def export_configuration(model: AnySat, config: ModalityConfig, out_dir: str | P
             "inputs": [_io(v) for v in graph.graph.input],
             "outputs": [_io(v) for v in graph.graph.output],
             "max_abs_error_vs_eager": errors,
+            "max_abs_error_vs_fp64": exactness,
             "max_error_allowed": max_error,
             "export_seconds": round(time.perf_counter() - started, 2),
             "torch": torch.__version__,
@@ -121,17 +129,24 @@ def export_configuration(model: AnySat, config: ModalityConfig, out_dir: str | P
     return ExportResult(out_dir, json.loads((out_dir / "manifest.json").read_text()))
 
 
-def _check(model: AnySat, config: ModalityConfig, directory: Path, names: list[str]) -> dict[str, float]:
+def _check(model: AnySat, config: ModalityConfig, directory: Path, names: list[str]
+           ) -> tuple[dict[str, float], dict[str, float]]:
+    """Max |error| of eager fp32 and of each artefact against an fp64 eager run, and of each artefact
+    against eager fp32."""
     data = example_inputs(config, batch=3, dates=9, seed=1)
     for key in [k for k in data if k.endswith("_date_mask")][:1]:
         data[key][1, 6:] = False  # one padded row, as served batches will have
+    kwargs = {"patch_size": config.patch_size, "output": config.output, "output_modality": config.output_modality}
     with torch.no_grad():
-        eager = model(data, patch_size=config.patch_size, output=config.output,
-                      output_modality=config.output_modality).numpy()
-        traced = torch.jit.load(str(directory / "model.ts"))(*[data[n] for n in names]).numpy()
+        outputs = {"eager": model(data, **kwargs).numpy(),
+                   "torchscript": torch.jit.load(str(directory / "model.ts"))(*[data[n] for n in names]).numpy()}
+        exact = copy.deepcopy(model).double()({k: v.double() if v.is_floating_point() else v
+                                               for k, v in data.items()}, **kwargs).numpy()
     session = ort.InferenceSession(str(directory / "model.onnx"), providers=["CPUExecutionProvider"])
-    onnx_out = session.run(None, {n: data[n].numpy() for n in names})[0]
-    return {"onnx": float(np.abs(onnx_out - eager).max()), "torchscript": float(np.abs(traced - eager).max())}
+    outputs["onnx"] = session.run(None, {n: data[n].numpy() for n in names})[0]
+    vs_eager = {k: float(np.abs(v - outputs["eager"]).max()) for k, v in outputs.items() if k != "eager"}
+    vs_fp64 = {k: float(np.abs(v - exact).max()) for k, v in outputs.items()}
+    return vs_eager, vs_fp64
 
 
 def _io(value: onnx.ValueInfoProto) -> dict[str, Any]:
