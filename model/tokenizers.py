@@ -54,6 +54,12 @@ class LTAE(nn.Module):
     def __init__(self, in_chans: int, dim: int, period: int, heads: int = 16, key_dim: int = 8,
                  in_norm: bool = False) -> None:
         super().__init__()
+        if dim // 8 < 2 * 4:
+            # GroupNorm over the channels of one pixel-date: a group of one channel normalises to exactly
+            # zero, and every later layer then computes on rounding noise (measured at dim 32).
+            raise ValueError(f"embed_dim {dim} is too narrow for the time-series tokenizer: its first layer is "
+                             f"embed_dim // 8 = {dim // 8} channels under GroupNorm(4), and each group needs at "
+                             f"least 2 channels; use embed_dim >= 64")
         self.heads, self.key_dim, self.period = heads, key_dim, period
         widths = [in_chans, dim // 8, dim // 2, dim, 2 * dim, dim]
         layers: list[nn.Module] = []

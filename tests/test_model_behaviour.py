@@ -123,3 +123,12 @@ def test_flash_layout_bug_option_changes_joint_attention(tiny, treesat) -> None:
     with torch.no_grad():
         diff = (buggy(treesat, patch_size=20) - tiny(treesat, patch_size=20)).abs().max()
     assert diff > 1e-3
+
+
+def test_too_narrow_for_the_time_series_tokenizer_is_refused() -> None:
+    from model import create_model
+
+    # embed_dim 32: the L-TAE's first layer would be 4 channels under GroupNorm(4), one per group -> always 0
+    with pytest.raises(ValueError, match="embed_dim 32 is too narrow.*embed_dim >= 64"):
+        create_model("tiny", embed_dim=32, depth=1, num_heads=2, modalities=("s2",))
+    create_model("tiny", embed_dim=64, depth=1, num_heads=2, modalities=("s2",))

@@ -56,16 +56,16 @@ def test_student_never_sees_dropped_patches(synthetic_datasets: tuple[Path, Path
     target[1, [8]] = True
     target[2, [1, 2, 5]] = True  # different context sizes: padding in play
     masks = _masks(target, 2)
-    out = student_fusion(enc, tokens, None, plan, masks, torch.zeros(32))
+    out = student_fusion(enc, tokens, None, plan, masks, torch.zeros(enc.embed_dim))
     changed = [t.clone() for t in tokens]
     for t in changed:
         t[target] += 100.0 * torch.randn_like(t[target])
-    out2 = student_fusion(enc, changed, None, plan, masks, torch.zeros(32))
+    out2 = student_fusion(enc, changed, None, plan, masks, torch.zeros(enc.embed_dim))
     v = masks.context_valid
     assert torch.allclose(out[v], out2[v], atol=1e-5)
     # ... while a context patch does change the output
-    changed[0][0, 1] += torch.randn(32)
-    assert not torch.allclose(student_fusion(enc, changed, None, plan, masks, torch.zeros(32))[v], out[v])
+    changed[0][0, 1] += torch.randn(enc.embed_dim)
+    assert not torch.allclose(student_fusion(enc, changed, None, plan, masks, torch.zeros(enc.embed_dim))[v], out[v])
 
 
 def test_masked_modality_tokens_become_the_mask_token(synthetic_datasets: tuple[Path, Path]) -> None:
@@ -77,7 +77,7 @@ def test_masked_modality_tokens_become_the_mask_token(synthetic_datasets: tuple[
     keep = torch.ones(3, 9, 2, dtype=torch.bool)
     keep[:, :, 1] = False  # s2 fully masked
     masks = _masks(torch.zeros(3, 9, dtype=torch.bool), 2, keep)
-    mask_token = torch.randn(32)
+    mask_token = torch.randn(enc.embed_dim)
     a = student_fusion(enc, tokens, None, plan, masks, mask_token)
     b = student_fusion(enc, [tokens[0], torch.randn_like(tokens[1])], None, plan, masks, mask_token)
     assert torch.allclose(a, b, atol=1e-6)
@@ -92,4 +92,4 @@ def test_student_forward_shapes(synthetic_datasets: tuple[Path, Path]) -> None:
     batch = data[0]
     student = JEPAStudent(create_model("tiny", modalities=data.sensors, **TINY), predictor_depth=1)
     out = student(batch.student_data(), plan_inputs(batch.data, 20), batch.masks)
-    assert out.pred.shape == (2, 9, 32) and len(out.patch_tokens) == 2  # MODIS is not a patch modality
+    assert out.pred.shape == (2, 9, TINY["embed_dim"]) and len(out.patch_tokens) == 2  # MODIS is not a patch modality

@@ -11,7 +11,7 @@ from training.data import TileSensor, TileWriter, compute_stats
 from training.data.format import LabelSpec
 from training.data.stats import write_stats
 
-TINY = {"embed_dim": 32, "depth": 1, "num_heads": 2}
+TINY = {"embed_dim": 64, "depth": 1, "num_heads": 2}  # 64: the narrowest a time-series tokenizer allows
 
 
 def write_synthetic(root: Path, *, n_tiles: int = 6, modis: bool = False, labels: bool = False,
