@@ -129,6 +129,6 @@ def test_too_narrow_for_the_time_series_tokenizer_is_refused() -> None:
     from model import create_model
 
     # embed_dim 32: the L-TAE's first layer would be 4 channels under GroupNorm(4), one per group -> always 0
-    with pytest.raises(ValueError, match="embed_dim 32 is too narrow.*embed_dim >= 64"):
+    with pytest.raises(ValueError, match=r"embed_dim 32 is too narrow.*embed_dim >= 64"):
         create_model("tiny", embed_dim=32, depth=1, num_heads=2, modalities=("s2",))
     create_model("tiny", embed_dim=64, depth=1, num_heads=2, modalities=("s2",))
