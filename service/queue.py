@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 import redis
-from redis.connection import PythonRespSerializer
+from redis.connection import Encoder, PythonRespSerializer
 
 from service import payload
 from service.errors import DuplicateRequest, ErrorKind, Overloaded, ResultTimeout, failure
@@ -67,22 +67,11 @@ _BLPOP_SLICE_S = 1.0
 SOCKET_READ_SIZE = 1 << 20
 
 
-def _encode_arg(value: object) -> bytes | memoryview:
-    # What redis-py's own encoder accepts (bytes, str, int, float), minus the decoding options we don't use.
-    if isinstance(value, bytes | memoryview):
-        return value
-    if isinstance(value, bool):
-        raise redis.DataError("booleans are not Redis arguments; use 0/1 or a string")
-    if isinstance(value, str):
-        return value.encode()
-    if isinstance(value, int | float):
-        return repr(value).encode()
-    raise redis.DataError(f"cannot send {type(value).__name__} to Redis")
-
-
 def connect(url: str, **kwargs: object) -> redis.Redis:
     """A client for the engine's keys: ``redis.Redis.from_url`` set up for megabyte payloads."""
-    packer = PythonRespSerializer(6000, _encode_arg)  # 6000: redis-py's own cutoff for sending args apart
+    encoder = Encoder(encoding="utf-8", encoding_errors="strict", decode_responses=False)  # redis-py's defaults
+    # 6000: redis-py's own cutoff above which an argument is sent as it is, not joined into a buffer
+    packer = PythonRespSerializer(6000, encoder.encode)
     return redis.Redis.from_url(url, socket_read_size=SOCKET_READ_SIZE, command_packer=packer,
                                 **kwargs)  # type: ignore[arg-type]
 

@@ -65,7 +65,7 @@ def test_engine_client_sends_and_reads_every_argument_kind(redis_url: str, key_p
     for value, expected in ((big, big), (memoryview(big), big), ("é", "é".encode()), (7, b"7"), (0.5, b"0.5")):
         client.set(f"{key_prefix}:arg", value)
         assert client.get(f"{key_prefix}:arg") == expected
-    with pytest.raises(redis.DataError, match="booleans"):
+    with pytest.raises(redis.DataError, match="bool"):
         client.set(f"{key_prefix}:arg", True)
     assert type(client.connection_pool.get_connection()._parser).__name__ == "_HiredisParser"  # the dependency
     client.close()
