@@ -51,10 +51,13 @@ def with_date_masks(data: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
-def _no_dynamic_dim_of_one(example: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Batch and date counts of at least 2. torch.export takes a dimension of size 1 in the example for
-    the constant 1 (its 0/1 specialisation); the dense path's reshapes then froze the graph's batch or
-    date count at 1. Repeated rows and dates only shape the trace, never its values."""
+def traceable_example(example: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``example`` with date masks and with batch and date counts of at least 2, for any tracer.
+
+    Tracers (torch.export, torch.jit.trace) take a dimension of size 1 in the example for the constant 1
+    (the 0/1 specialisation); the dense path's reshapes then froze the graph's batch or date count at 1.
+    Repeated rows and dates only shape the trace, never its values."""
+    example = with_date_masks(example)
     if next(iter(example.values())).shape[0] == 1:
         example = {k: torch.cat([v, v]) for k, v in example.items()}
     for key in [k for k in example if k in SENSORS and SENSORS[k].time_series]:
@@ -72,7 +75,7 @@ def export_onnx(model: AnySat, example: Mapping[str, torch.Tensor], path: str | 
     ``optimize`` runs the exporter's graph optimiser; off by default because it quadruples export
     time (workers export on a configuration's first request) and ONNX Runtime applies its own
     graph optimisations when it loads the model."""
-    example = _no_dynamic_dim_of_one(with_date_masks(example))
+    example = traceable_example(example)
     plan = plan_inputs(example, patch_size, output, output_modality)
     names = input_names(example)
     wrapper = PlannedAnySat(model, plan, names).eval()

@@ -42,6 +42,9 @@ class VHRTokenizer(nn.Module):
         return self.mlp(tokens)
 
 
+_LTAE_GROUPS = 4  # GroupNorm groups of the L-TAE's MLPs (official architecture)
+
+
 class LTAE(nn.Module):
     """Lightweight Temporal Attention Encoder (Garnot & Landrieu), applied to every pixel's series.
 
@@ -54,23 +57,23 @@ class LTAE(nn.Module):
     def __init__(self, in_chans: int, dim: int, period: int, heads: int = 16, key_dim: int = 8,
                  in_norm: bool = False) -> None:
         super().__init__()
-        if dim // 8 < 2 * 4:
+        if dim // 8 < 2 * _LTAE_GROUPS:
             # GroupNorm over the channels of one pixel-date: a group of one channel normalises to exactly
             # zero, and every later layer then computes on rounding noise (measured at dim 32).
             raise ValueError(f"embed_dim {dim} is too narrow for the time-series tokenizer: its first layer is "
-                             f"embed_dim // 8 = {dim // 8} channels under GroupNorm(4), and each group needs at "
-                             f"least 2 channels; use embed_dim >= 64")
+                             f"embed_dim // 8 = {dim // 8} channels under GroupNorm({_LTAE_GROUPS}), and each group "
+                             f"needs at least 2 channels; use embed_dim >= {16 * _LTAE_GROUPS}")
         self.heads, self.key_dim, self.period = heads, key_dim, period
         widths = [in_chans, dim // 8, dim // 2, dim, 2 * dim, dim]
         layers: list[nn.Module] = []
         # Four modules per layer, Dropout included, so Linear/GroupNorm keep the official indices
         # (inconv.0, .1, .4, .5, ...) that checkpoints are keyed by.
         for w_in, w_out in itertools.pairwise(widths):
-            layers += [nn.Linear(w_in, w_out), nn.GroupNorm(4, w_out), nn.ReLU(), nn.Dropout(0.0)]
+            layers += [nn.Linear(w_in, w_out), nn.GroupNorm(_LTAE_GROUPS, w_out), nn.ReLU(), nn.Dropout(0.0)]
         self.inconv = nn.Sequential(*layers)
         self.in_norm = nn.GroupNorm(heads, dim) if in_norm else None
         self.attention_heads = _MasterQueryAttention(dim, heads, key_dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.GroupNorm(4, dim), nn.ReLU())
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.GroupNorm(_LTAE_GROUPS, dim), nn.ReLU())
         self.out_norm = nn.GroupNorm(heads, dim)
 
     def forward(self, x: torch.Tensor, dates: torch.Tensor, date_mask: torch.Tensor | None) -> torch.Tensor:

@@ -32,7 +32,7 @@ import torch
 
 from model import AnySat, create_model
 from model.checkpoint import file_sha256
-from model.export import OPSET, PlannedAnySat, export_onnx, with_date_masks
+from model.export import OPSET, PlannedAnySat, export_onnx, traceable_example, with_date_masks
 from model.inputs import plan_inputs
 from model.sensors import SENSORS
 from service.configuration import ModalityConfig
@@ -83,9 +83,7 @@ def export_configuration(model: AnySat, config: ModalityConfig, out_dir: str | P
         raise ExportError("heads are applied after the encoder graph; export the head's encoder configuration")
     out_dir = Path(out_dir)
     model = model.eval()
-    # Two rows, not one: tracers treat a dimension of size 1 as the constant 1 (torch.export's 0/1
-    # specialisation), and the dense path's reshapes would then freeze the graph's batch at 1.
-    example = example_inputs(config, batch=2)
+    example = traceable_example(example_inputs(config))  # the TorchScript trace needs it as export_onnx does
     plan_inputs(example, config.patch_size, config.output, config.output_modality)  # validates the configuration
     name = name or f"anysat_{config.digest()}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
