@@ -5,18 +5,24 @@
 
 Measures, on the TreeSatAI configuration (aerial 300 px + s2 + s1-asc, patch 20 m, tile output):
 1. raw ONNX Runtime throughput at batch B (the worker's own session, no queue);
-2. end-to-end throughput through Redis + one worker process at saturation, same B;
+2. end-to-end throughput through Redis + one worker process at saturation, same B, in rounds alternating with 1.;
 3. p50/p95/p99 end-to-end latency at 1, 8 and 32 concurrent callers, and the raw forward of one
-   request (added latency = served p50 at 1 caller - raw forward);
+   request (added latency: the median of each served request minus the raw forward just before it);
 4. mean batch size with three configurations interleaved at 32 callers (read from the worker's
    ``anysat_batch_size`` histogram);
-5. resident memory of the worker, Redis used memory and key count, before and after the run.
-Every request's date count is drawn at random, so batches also exercise date padding.
+5. resident memory of the worker, Redis used memory and key count, before and after the run;
+6. the engine alone: the 1-caller latency through a worker whose runner answers at once, for the tile queued
+   as raw values (as the gateway does) and as normalised float32, alternating.
+Requests are cut from the real TreeSatAI tile and sent as the gateway queues them: raw values in the sensors'
+own dtypes (aerial uint8, Sentinel-2 uint16) with per-band statistics, normalised by the worker. Every request's
+date count is drawn at random, so batches also exercise date padding.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import os
 import statistics
 import subprocess
@@ -36,6 +42,7 @@ from model import create_model, save_checkpoint
 from model.checkpoint import file_sha256
 from service.configuration import ModalityConfig
 from service.export import ExportCache
+from service.payload import STATS_SUFFIX
 from service.queue import RedisQueue
 from service.redis_server import EmbeddedRedis
 from service.runtime import stack_requests
@@ -50,18 +57,34 @@ CONFIGS = [
 
 
 def make_request(config: ModalityConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """One request as the gateway queues it, cut from the real TreeSatAI tile: raw values in the sensors'
+    own dtypes (aerial uint8, Sentinel-2 uint16 reflectance, Sentinel-1 float32) with the statistics the
+    worker normalises them with, and a random 20-59 of each series' dates so batches need date padding."""
     from model.sensors import SENSORS
 
+    tile = _treesat_tile()
     out: dict[str, np.ndarray] = {}
-    for name, side in config.modalities:
-        s = SENSORS[name]
-        if s.time_series:
-            t = int(rng.integers(20, 60))
-            out[name] = rng.standard_normal((t, s.channels, side, side), dtype=np.float32)
-            out[f"{name}_dates"] = np.sort(rng.integers(1, 366, t)).astype(np.int64)
+    for name, _side in config.modalities:
+        item = tile[name]
+        if SENSORS[name].time_series:
+            keep = np.sort(rng.choice(len(item.dates), size=int(rng.integers(20, 60)), replace=False))
+            out[name], out[f"{name}_dates"] = item.data[keep], item.dates[keep].astype(np.int64)
         else:
-            out[name] = rng.standard_normal((s.channels, side, side), dtype=np.float32)
+            out[name] = item.data
+        stats = SENSORS[name].stats
+        out[f"{name}{STATS_SUFFIX}"] = np.asarray([stats.mean, stats.std], dtype=np.float32)
     return out
+
+
+@functools.cache
+def _treesat_tile() -> dict:
+    from benchmarks.encoder import TILE
+    from training.data.treesatai import read_treesatai_tile
+
+    tile = read_treesatai_tile(TILE.with_suffix(".tif"), TILE.with_suffix(".h5"), ("aerial", "s2", "s1-asc"))
+    s2 = tile["s2"]  # integer reflectances stored as float32 in the HDF5; a client sends them as uint16
+    assert np.array_equal(s2.data, np.round(s2.data)) and s2.data.max() < 2**16
+    return {**tile, "s2": dataclasses.replace(s2, data=s2.data.astype(np.uint16))}
 
 
 def percentiles(values: list[float]) -> tuple[float, float, float]:
@@ -74,8 +97,10 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="tiny")
     parser.add_argument("--batch", type=int, default=8, help="max_batch_size of the worker = raw batch")
-    parser.add_argument("--requests", type=int, default=128, help="requests per saturation measurement")
+    parser.add_argument("--requests", type=int, default=128, help="requests per saturation round")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating served/raw saturation rounds")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--solo-pairs", type=int, default=60, help="raw/served pairs for the 1-caller latency")
     parser.add_argument("--max-wait-ms", type=float, default=5, help="worker max_wait_ms (default: its default)")
     parser.add_argument("--adaptive-wait", action=argparse.BooleanOptionalAction, default=True,
                         help="worker adaptive_wait (default: on, its default)")
@@ -98,11 +123,14 @@ def main(argv: list[str] | None = None) -> int:
         batch = stack_requests(CONFIGS[0], [make_request(CONFIGS[0], rng) for _ in range(args.batch)])
         feed = {n: batch[n] for n in names}
         session.run(None, feed)
-        runs, start = 0, time.perf_counter()
-        while time.perf_counter() - start < 10 or runs < 3:
-            session.run(None, feed)
-            runs += 1
-        raw_tput = runs * args.batch / (time.perf_counter() - start)
+
+        def raw_throughput(seconds: float) -> float:
+            runs, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds or runs < 3:
+                session.run(None, feed)
+                runs += 1
+            return runs * args.batch / (time.perf_counter() - start)
+
         fixed = make_request(CONFIGS[0], rng)  # the same request for the raw and the served latency
         one = stack_requests(CONFIGS[0], [fixed])
         one_feed = {n: one[n] for n in names}
@@ -129,31 +157,41 @@ def main(argv: list[str] | None = None) -> int:
                 queue.wait_result(queue.enqueue(config.key(), make_request(config, rng), deadline_s=600), 600)
             mem_before = (status_mb("VmRSS", worker.pid), *redis_state())
 
-            def call(config: ModalityConfig, request: dict[str, np.ndarray]) -> float:
+            def call(q: RedisQueue, config: ModalityConfig, request: dict[str, np.ndarray]) -> float:
                 started = time.perf_counter()
-                queue.wait_result(queue.enqueue(config.key(), request, deadline_s=600), 600)
+                q.wait_result(q.enqueue(config.key(), request, deadline_s=600), 600)
                 return time.perf_counter() - started
 
             def load(callers: int, n: int, configs: list[ModalityConfig]) -> tuple[float, list[float]]:
                 work = [(configs[i % len(configs)], make_request(configs[i % len(configs)], rng)) for i in range(n)]
                 started = time.perf_counter()
                 with ThreadPoolExecutor(callers) as pool:
-                    latencies = list(pool.map(lambda w: call(*w), work))
+                    latencies = list(pool.map(lambda w: call(queue, *w), work))
                 return n / (time.perf_counter() - started), latencies
 
-            served_tput, _ = load(4 * args.batch, args.requests, CONFIGS[:1])
+            # Saturation: rounds of served requests, each followed by raw forwards for as long, so a drift of the
+            # machine's speed (tens of percent within minutes here) hits both sides alike.
+            served_rates, raw_rates = [], []
+            for _ in range(args.rounds):
+                started = time.perf_counter()
+                served_rates.append(load(4 * args.batch, args.requests, CONFIGS[:1])[0])
+                time.sleep(0.05)
+                raw_rates.append(raw_throughput(time.perf_counter() - started))
+            served_tput, raw_tput = statistics.median(served_rates), statistics.median(raw_rates)
             latency = {c: percentiles(load(c, args.requests, CONFIGS[:1])[1]) for c in (8, 32)}
             inf_before = _histogram(metrics_dir, "anysat_inference_seconds")
-            # 1 caller: the raw forward's request, alternating with the raw forward itself so both
-            # see the same machine (this host's speed drifts between minutes). The pauses let the
-            # other side's ONNX Runtime threads stop spinning, which would steal one of the 2 cores.
+            # 1 caller: one raw forward, then one served request of the same tile, 50 ms idle before each so
+            # neither side's ONNX Runtime threads still spin on the 2 cores. Forward times drift by several ms
+            # within a minute here, so the added latency is the median of each served request minus the raw
+            # forward just before it, not the difference of two medians taken over the whole run.
             solo, raw_solo = [], []
-            for _ in range(40):
+            for _ in range(args.solo_pairs):
                 time.sleep(0.05)
                 raw_solo.append(_timed(lambda: session.run(None, one_feed)))
                 time.sleep(0.05)
-                solo.append(call(CONFIGS[0], fixed))
+                solo.append(call(queue, CONFIGS[0], fixed))
             raw_one = statistics.median(raw_solo)
+            added = statistics.median(np.subtract(solo, raw_solo))
             inf_after = _histogram(metrics_dir, "anysat_inference_seconds")
             worker_forward = (inf_after[0] - inf_before[0]) / max(1.0, inf_after[1] - inf_before[1])
             latency = {1: percentiles(solo), **latency}
@@ -167,6 +205,24 @@ def main(argv: list[str] | None = None) -> int:
             worker.terminate()
             worker.wait(timeout=60)
 
+        # 6. The engine's own share: the same request and pauses through a worker whose runner does nothing.
+        noop = subprocess.Popen([sys.executable, "-m", "service.worker", "--redis-url", url, "--prefix", "noop",
+                                 "--runner", "benchmarks.serving:NoopRunner"], env=env, cwd=REPO)
+        try:
+            noop_queue = RedisQueue.from_url(url, QueueSettings(prefix="noop"))
+            # ...and, alternating with it, the same tile queued normalised as float32 (3.6x the bytes)
+            as_float32 = {k: v[0] for k, v in one.items() if not k.endswith("_date_mask")}
+            call(noop_queue, CONFIGS[0], fixed)
+            engine, engine_f32 = [], []
+            for _ in range(args.solo_pairs):
+                time.sleep(0.05)
+                engine.append(call(noop_queue, CONFIGS[0], fixed))
+                time.sleep(0.05)
+                engine_f32.append(call(noop_queue, CONFIGS[0], as_float32))
+        finally:
+            noop.terminate()
+            noop.wait(timeout=60)
+
     print(f"\nTreeSatAI configuration, {args.size}, ONNX Runtime CPU, {args.threads} threads, max_batch_size "
           f"{args.batch}, max_wait_ms {args.max_wait_ms:g}, adaptive_wait {'on' if args.adaptive_wait else 'off'}, "
           "one worker process\n")
@@ -174,12 +230,19 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|")
     print(f"| raw ONNX Runtime throughput at B={args.batch} | {raw_tput:.2f} tiles/s |")
     print(f"| served throughput at saturation (Redis + worker) | {served_tput:.2f} tiles/s |")
-    print(f"| served / raw | {served_tput / raw_tput:.2f} |")
+    ratios = ", ".join(f"{a / b:.2f}" for a, b in zip(served_rates, raw_rates, strict=True))
+    print(f"| served / raw (median rates; per round: {ratios}) | {served_tput / raw_tput:.2f} |")
     print(f"| raw forward, 1 request | {raw_one * 1000:.1f} ms |")
     for c, (p50, p95, p99) in latency.items():
         print(f"| end-to-end latency, {c} concurrent caller{'s' if c > 1 else ''}: p50 / p95 / p99 | "
               f"{p50:.1f} / {p95:.1f} / {p99:.1f} ms |")
-    print(f"| added p50 latency at 1 caller (served p50 - raw forward) | {latency[1][0] - raw_one * 1000:.1f} ms |")
+    print(f"| added p50 latency at 1 caller (median over {args.solo_pairs} of served - the raw forward just before) "
+          f"| {added * 1000:.1f} ms |")
+    size = sum(v.nbytes for v in fixed.values()) / 2**20
+    size_f32 = sum(v.nbytes for v in as_float32.values()) / 2**20
+    print(f"| the engine alone: 1 caller through a worker whose runner answers at once, p50: raw values "
+          f"({size:.2f} MB) / normalised float32 ({size_f32:.2f} MB) | {statistics.median(engine) * 1000:.1f} / "
+          f"{statistics.median(engine_f32) * 1000:.1f} ms |")
     print(f"| the same forward inside the worker (inference histogram), 1 caller | {worker_forward * 1000:.1f} ms |")
     print(f"| queue overhead at 1 caller (served p50 - worker forward) | "
           f"{latency[1][0] - worker_forward * 1000:.1f} ms |")
@@ -190,6 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| Redis used memory before / after | {mem_before[1]:.1f} / {mem_after[1]:.1f} MB |")
     print(f"| Redis keys before / after (done-markers expire after result_ttl_s) | {mem_before[2]} / {mem_after[2]} |")
     return 0
+
+
+class NoopRunner:
+    """``--runner benchmarks.serving:NoopRunner``: answers at once, so only the engine's own work is timed."""
+
+    def run(self, batch_key: str, requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        return [{"embedding": np.zeros(256, np.float32)} for _ in requests]
 
 
 def _timed(fn) -> float:  # type: ignore[no-untyped-def]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .sensors import NormStats, get_sensor
 
@@ -25,6 +26,16 @@ def normalize(name: str, x: np.ndarray, stats: NormStats | None = None) -> np.nd
     s = stats or stats_for(name)
     if x.shape[-3] != len(s.mean):
         raise ValueError(f"{name}: {x.shape[-3]} bands but statistics for {len(s.mean)}")
-    mean = np.asarray(s.mean, dtype=np.float32)[:, None, None]
-    std = np.asarray(s.std, dtype=np.float32)[:, None, None]
-    return ((x.astype(np.float32) - mean) / std).astype(np.float32)
+    return standardize(x, s.mean, s.std)
+
+
+def standardize(x: np.ndarray, mean: ArrayLike, std: ArrayLike, out: np.ndarray | None = None) -> np.ndarray:
+    """``(float32(x) - mean) / std`` in float32 with one mean and std per band on axis -3, into ``out`` if given.
+
+    Every caller goes through here so that normalising at the gateway or in a worker gives the same bits."""
+    mean = np.asarray(mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(std, dtype=np.float32)[:, None, None]
+    if out is None:
+        out = np.empty(np.broadcast_shapes(x.shape, mean.shape), dtype=np.float32)
+    np.subtract(x, mean, out=out, dtype=np.float32, casting="unsafe")  # casts x chunk by chunk, no float32 copy
+    return np.divide(out, std, out=out)

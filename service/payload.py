@@ -22,6 +22,10 @@ Tensors = dict[str, np.ndarray]
 _META_KEY = "anysat"
 _HEADER_LEN = struct.Struct("<Q")
 
+# A request tensor ``<sensor>_stats`` ([2, C] float32: per-band means, then stds) asks the worker to normalise
+# ``<sensor>`` itself; without it the sensor's values are taken as they are (already normalised).
+STATS_SUFFIX = "_stats"
+
 
 class PayloadError(ValueError):
     """The bytes are not a payload this module wrote (truncated, corrupt or foreign)."""

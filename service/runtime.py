@@ -25,32 +25,51 @@ import torch
 from model import AnySat, create_model
 from model.checkpoint import file_sha256
 from model.heads import Head, load_head
+from model.normalize import standardize
 from model.sensors import SENSORS
 from service.configuration import ModalityConfig
 from service.export import ExportCache, default_export_dir
 from service.metrics import WorkerMetrics
+from service.payload import STATS_SUFFIX
 from service.triton_backend import TritonBackend
 
 RUNTIMES = ("eager", "onnx", "torchscript", "triton")
 
 
 def stack_requests(config: ModalityConfig, requests: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Batch the requests in graph-input order, padding series to the longest with masked dates."""
+    """Batch the requests in graph-input order as float32, normalising each sensor that carries its
+    ``<sensor>_stats`` and padding series to the longest with masked dates."""
     batch: dict[str, np.ndarray] = {}
     for name in config.names:
-        arrays = [np.asarray(r[name], dtype=np.float32) for r in requests]
-        if not SENSORS[name].time_series:
-            batch[name] = np.stack(arrays)
+        arrays = [r[name] for r in requests]
+        series = SENSORS[name].time_series
+        t_max = max(a.shape[0] for a in arrays) if series else 0
+        x = np.zeros((len(arrays), t_max, *arrays[0].shape[1:]) if series else (len(arrays), *arrays[0].shape),
+                     np.float32)
+        for i, (r, a) in enumerate(zip(requests, arrays, strict=True)):
+            _model_values(name, a, r.get(f"{name}{STATS_SUFFIX}"), out=x[i, : len(a)] if series else x[i])
+        batch[name] = x
+        if not series:
             continue
         dates = [np.asarray(r[f"{name}_dates"], dtype=np.int64) for r in requests]
-        t_max = max(a.shape[0] for a in arrays)
-        x = np.zeros((len(arrays), t_max, *arrays[0].shape[1:]), np.float32)
         d = np.zeros((len(arrays), t_max), np.int64)
         mask = np.zeros((len(arrays), t_max), np.bool_)
         for i, (a, t) in enumerate(zip(arrays, dates, strict=True)):
-            x[i, : len(a)], d[i, : len(t)], mask[i, : len(a)] = a, t, True
-        batch[name], batch[f"{name}_dates"], batch[f"{name}_date_mask"] = x, d, mask
+            d[i, : len(t)], mask[i, : len(a)] = t, True
+        batch[f"{name}_dates"], batch[f"{name}_date_mask"] = d, mask
     return batch
+
+
+def _model_values(name: str, x: np.ndarray, stats: np.ndarray | None, out: np.ndarray) -> None:
+    """Write one request's ``name`` into its batch row as the model takes it: float32, normalised if asked."""
+    if x.shape != out.shape:
+        raise ValueError(f"{name}: shape {list(x.shape)} does not fit this batch's {list(out.shape)}")
+    if stats is None:
+        np.copyto(out, x, casting="unsafe")
+        return
+    if stats.shape != (2, x.shape[-3]):
+        raise ValueError(f"{name}{STATS_SUFFIX}: expected [2, {x.shape[-3]}] (means, stds), got {list(stats.shape)}")
+    standardize(x, stats[0], stats[1], out=out)
 
 
 class Backend(Protocol):
