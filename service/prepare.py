@@ -154,7 +154,7 @@ def prepare_tile(tile: TileInput, query: Query, settings: GatewaySettings, field
     shapes: dict[str, torch.Tensor] = {}
     for name, s in tile.items():
         tensors.update(_payload(name, s, query))
-        shapes[name] = torch.empty((1, *s.data.shape))  # plan_inputs reads shapes only
+        shapes[name] = torch.empty(()).expand(1, *s.data.shape)  # plan_inputs reads shapes only: no storage
         if s.dates is not None:
             tensors[f"{name}_dates"] = s.dates.astype(np.int64)
             shapes[f"{name}_dates"] = torch.from_numpy(tensors[f"{name}_dates"])[None]
