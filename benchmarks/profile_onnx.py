@@ -65,11 +65,13 @@ def main(argv: list[str] | None = None) -> int:
         peak = max(peak, matmul_peak(torch.float32, trials=2))
         events = json.loads(Path(session.end_profiling()).read_text())
 
-    # The first run is the warm-up; kernel events of all runs are summed, then divided by the run count.
+    # Kernel events of the timed runs only: those that start after the warm-up's "model_run" event ends.
+    warm_up = min((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])
+    timed_from = warm_up["ts"] + warm_up["dur"]
     time_us: collections.Counter[str] = collections.Counter()
     gemm_flop = 0.0
     for e in events:
-        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
+        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time") or e["ts"] < timed_from:
             continue
         op = e["args"]["op_name"]
         time_us[op] += e["dur"]
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| operator | share of kernel time | ms per forward |")
     print("|---|---|---|")
     for op, us in time_us.most_common(12):
-        print(f"| {op} | {100 * us / total:.1f}% | {us / (args.runs + 1) / 1000:.1f} |")
+        print(f"| {op} | {100 * us / total:.1f}% | {us / args.runs / 1000:.1f} |")
     rate = gemm_flop / (gemm_us * 1e-6) / 1e9
     share, speed = gemm_us / total, rate / peak  # share of the time in matmuls, their speed as a fraction of peak
     print(f"\nmatrix multiplications: {100 * share:.1f}% of kernel time at {rate:.1f} GFLOP/s "

@@ -244,8 +244,6 @@ def main(argv: list[str] | None = None) -> int:
           f"({size:.2f} MB) / normalised float32 ({size_f32:.2f} MB) | {statistics.median(engine) * 1000:.1f} / "
           f"{statistics.median(engine_f32) * 1000:.1f} ms |")
     print(f"| the same forward inside the worker (inference histogram), 1 caller | {worker_forward * 1000:.1f} ms |")
-    print(f"| queue overhead at 1 caller (served p50 - worker forward) | "
-          f"{latency[1][0] - worker_forward * 1000:.1f} ms |")
     print(f"| mean batch size, 3 interleaved configurations, 32 callers | {mean_batch:.2f} "
           f"({mean_batch / args.batch:.2f} x max_batch_size) |")
     print(f"| throughput, 3 interleaved configurations | {mixed_tput:.2f} tiles/s |")
