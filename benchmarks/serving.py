@@ -45,7 +45,7 @@ from service.export import ExportCache
 from service.payload import STATS_SUFFIX
 from service.queue import RedisQueue
 from service.redis_server import EmbeddedRedis
-from service.runtime import stack_requests
+from service.runtime import session_options, stack_requests
 from service.settings import QueueSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,6 +54,9 @@ CONFIGS = [
     ModalityConfig((("s2", 6), ("s1-asc", 6)), patch_size=20),
     ModalityConfig((("aerial", 300), ("s2", 6)), patch_size=30),
 ]
+
+
+BLOCK = 10  # requests per back-to-back block
 
 
 def make_request(config: ModalityConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -116,9 +119,11 @@ def main(argv: list[str] | None = None) -> int:
         exports = [cache.get(c)[0] for c in CONFIGS]
 
         # 1. Raw runtime at batch B, same session options as the worker.
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = args.threads
-        session = ort.InferenceSession(str(exports[0].directory / "model.onnx"), opts)
+        session = ort.InferenceSession(str(exports[0].directory / "model.onnx"), session_options(args.threads))
+        # ...and with ORT's default of threads spinning on after run(), to show what stopping them costs a forward.
+        spinning = ort.SessionOptions()
+        spinning.intra_op_num_threads = args.threads
+        spin_session = ort.InferenceSession(str(exports[0].directory / "model.onnx"), spinning)
         names = [i["name"] for i in exports[0].manifest["inputs"]]
         batch = stack_requests(CONFIGS[0], [make_request(CONFIGS[0], rng) for _ in range(args.batch)])
         feed = {n: batch[n] for n in names}
@@ -180,10 +185,10 @@ def main(argv: list[str] | None = None) -> int:
             served_tput, raw_tput = statistics.median(served_rates), statistics.median(raw_rates)
             latency = {c: percentiles(load(c, args.requests, CONFIGS[:1])[1]) for c in (8, 32)}
             inf_before = _histogram(metrics_dir, "anysat_inference_seconds")
-            # 1 caller: one raw forward, then one served request of the same tile, 50 ms idle before each so
-            # neither side's ONNX Runtime threads still spin on the 2 cores. Forward times drift by several ms
-            # within a minute here, so the added latency is the median of each served request minus the raw
-            # forward just before it, not the difference of two medians taken over the whole run.
+            # 1 caller, sporadic: one raw forward, then one served request of the same tile, 50 ms idle before each,
+            # so every process meets each request cold. Forward times drift by several ms within a minute here, so
+            # the added latency is the median of each served request minus the raw forward just before it, not the
+            # difference of two medians taken over the whole run.
             solo, raw_solo = [], []
             for _ in range(args.solo_pairs):
                 time.sleep(0.05)
@@ -192,6 +197,17 @@ def main(argv: list[str] | None = None) -> int:
                 solo.append(call(queue, CONFIGS[0], fixed))
             raw_one = statistics.median(raw_solo)
             added = statistics.median(np.subtract(solo, raw_solo))
+            # 1 caller, back to back: blocks of raw forwards alternating with blocks of served requests, each
+            # request sent when the previous answer arrives; the added latency is the median over block pairs of
+            # (served median - raw median).
+            blocks, raw_spinning = [], []
+            for _ in range(args.solo_pairs // BLOCK):
+                raw = block(lambda: session.run(None, one_feed))
+                blocks.append((raw, block(lambda: call(queue, CONFIGS[0], fixed))))
+                raw_spinning += block(lambda: spin_session.run(None, one_feed))
+            added_b2b = statistics.median(statistics.median(s) - statistics.median(r) for r, s in blocks)
+            raw_b2b = statistics.median(t for r, _ in blocks for t in r)
+            served_b2b = [t for _, s in blocks for t in s]
             inf_after = _histogram(metrics_dir, "anysat_inference_seconds")
             worker_forward = (inf_after[0] - inf_before[0]) / max(1.0, inf_after[1] - inf_before[1])
             latency = {1: percentiles(solo), **latency}
@@ -219,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                 engine.append(call(noop_queue, CONFIGS[0], fixed))
                 time.sleep(0.05)
                 engine_f32.append(call(noop_queue, CONFIGS[0], as_float32))
+            engine_b2b = [t for _ in range(args.solo_pairs // BLOCK)
+                          for t in block(lambda: call(noop_queue, CONFIGS[0], fixed))]
         finally:
             noop.terminate()
             noop.wait(timeout=60)
@@ -236,13 +254,21 @@ def main(argv: list[str] | None = None) -> int:
     for c, (p50, p95, p99) in latency.items():
         print(f"| end-to-end latency, {c} concurrent caller{'s' if c > 1 else ''}: p50 / p95 / p99 | "
               f"{p50:.1f} / {p95:.1f} / {p99:.1f} ms |")
-    print(f"| added p50 latency at 1 caller (median over {args.solo_pairs} of served - the raw forward just before) "
-          f"| {added * 1000:.1f} ms |")
+    print(f"| added p50 latency at 1 caller, sporadic (median over {args.solo_pairs} of served - the raw forward just "
+          f"before; 50 ms idle before each) | {added * 1000:.1f} ms |")
+    print(f"| raw forward / served p50, 1 caller back to back ({len(blocks)} alternating blocks of {BLOCK}) | "
+          f"{raw_b2b * 1000:.1f} / {statistics.median(served_b2b) * 1000:.1f} ms |")
+    print(f"| raw forward back to back with ORT's default spinning after run() (the worker stops it) | "
+          f"{statistics.median(raw_spinning) * 1000:.1f} ms |")
+    print(f"| added p50 latency at 1 caller, back to back (median over block pairs of served - raw medians) | "
+          f"{added_b2b * 1000:.1f} ms |")
     size = sum(v.nbytes for v in fixed.values()) / 2**20
     size_f32 = sum(v.nbytes for v in as_float32.values()) / 2**20
     print(f"| the engine alone: 1 caller through a worker whose runner answers at once, p50: raw values "
           f"({size:.2f} MB) / normalised float32 ({size_f32:.2f} MB) | {statistics.median(engine) * 1000:.1f} / "
           f"{statistics.median(engine_f32) * 1000:.1f} ms |")
+    print(f"| the engine alone, 1 caller back to back, p50 (raw values) | "
+          f"{statistics.median(engine_b2b) * 1000:.1f} ms |")
     print(f"| the same forward inside the worker (inference histogram), 1 caller | {worker_forward * 1000:.1f} ms |")
     print(f"| mean batch size, 3 interleaved configurations, 32 callers | {mean_batch:.2f} "
           f"({mean_batch / args.batch:.2f} x max_batch_size) |")
@@ -258,6 +284,13 @@ class NoopRunner:
 
     def run(self, batch_key: str, requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         return [{"embedding": np.zeros(256, np.float32)} for _ in requests]
+
+
+def block(fn) -> list[float]:  # type: ignore[no-untyped-def]
+    """``BLOCK`` timed calls of ``fn`` back to back, after one untimed call and 50 ms idle."""
+    time.sleep(0.05)
+    fn()
+    return [_timed(fn) for _ in range(BLOCK)]
 
 
 def _timed(fn) -> float:  # type: ignore[no-untyped-def]

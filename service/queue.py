@@ -8,7 +8,7 @@ Layout (``p`` = ``QueueSettings.prefix``):
 - ``p:done:<id>``         idempotency marker set NX with the reply, TTL ``result_ttl_s``
 - ``p:dead-letter``       stream of entries delivered more than ``max_deliveries`` times
 
-An entry is acknowledged *and deleted* in the same MULTI that writes its reply, so the stream
+An entry is acknowledged *and deleted* in the same script that writes its reply, so the stream
 only ever holds undelivered + in-flight entries: its length is the admission depth, and it
 returns to zero when the load stops.
 """
@@ -45,15 +45,45 @@ redis.call('XADD', KEYS[1], '*', 'id', ARGV[4], 'key', ARGV[5], 'ref', KEYS[2],
 return {1, depth}
 """
 
-# The first reply for a request id wins; later ones (a re-run after a reclaim) are dropped, so a
-# caller can never see two different answers.
-_REPLY = """
-if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[2]) then
-  redis.call('RPUSH', KEYS[2], ARGV[1])
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
-  return 1
+# Replies, acknowledgements and payload deletion for a batch in one atomic step, so an entry is never
+# acknowledged without its reply. The first reply for a request id wins; later ones (a re-run after a
+# reclaim) are dropped, so a caller can never see two different answers.
+# KEYS: stream, then per request its done-marker, reply list and payload. ARGV: group, TTL in ms, then
+# per request its entry id and reply blob.
+_RESPOND = """
+local n = (#KEYS - 1) / 3
+local ids, payloads = {}, {}
+for i = 1, n do
+  if redis.call('SET', KEYS[3 * i - 1], '1', 'NX', 'PX', ARGV[2]) then
+    redis.call('RPUSH', KEYS[3 * i], ARGV[2 * i + 2])
+    redis.call('PEXPIRE', KEYS[3 * i], ARGV[2])
+  end
+  ids[i], payloads[i] = ARGV[2 * i + 1], KEYS[3 * i + 1]
 end
-return 0
+redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
+redis.call('XDEL', KEYS[1], unpack(ids))
+redis.call('DEL', unpack(payloads))
+return n
+"""
+
+# The payloads of the entries an XREADGROUP just delivered to a consumer: sent in the same pipeline
+# behind it, so Redis runs it the moment the read unblocks and a worker gets its requests' tensors
+# without a second round trip. The new entries are the consumer's pending ones above the last id it
+# had read (ARGV[3]); anything this misses is fetched with MGET instead.
+_DELIVERED_PAYLOADS = """
+local rows = redis.call('XPENDING', KEYS[1], ARGV[1], '(' .. ARGV[3], '+', ARGV[4], ARGV[2])
+local out = {}
+for i, row in ipairs(rows) do
+  local entry = redis.call('XRANGE', KEYS[1], row[1], row[1])[1]
+  local blob = false
+  if entry then
+    for j = 1, #entry[2], 2 do
+      if entry[2][j] == 'ref' then blob = redis.call('GET', entry[2][j + 1]) end
+    end
+  end
+  out[i] = {row[1], blob}
+end
+return out
 """
 
 
@@ -120,7 +150,8 @@ class RedisQueue:
         self.redis = client
         self.settings = settings or QueueSettings()
         self._enqueue_script = client.register_script(_ENQUEUE)
-        self._reply_script = client.register_script(_REPLY)
+        self._respond_script = client.register_script(_RESPOND)
+        self._last_read: dict[str, str] = {}  # consumer -> highest entry id it has read
         self._blpop_slice_s = _blocking_slice(client)
         self.ensure_group()
 
@@ -213,18 +244,22 @@ class RedisQueue:
         ``block_ms`` of None or 0 does not block (Redis would read BLOCK 0 as "forever").
         """
         s = self.settings
-        try:
-            resp = self.redis.xreadgroup(
-                s.group, consumer, {s.stream: ">"}, count=count, block=block_ms or None
-            )
-        except redis.ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xreadgroup(s.group, consumer, {s.stream: ">"}, count=count, block=block_ms or None)
+        # EVAL, not a registered Script: in a pipeline that would cost a SCRIPT EXISTS round trip.
+        pipe.eval(_DELIVERED_PAYLOADS, 1, s.stream, s.group, consumer, self._last_read.get(consumer, "0-0"), count)
+        resp, delivered = pipe.execute(raise_on_error=False)
+        if isinstance(resp, redis.ResponseError):
+            if "NOGROUP" not in str(resp):
+                raise resp
             # The stream was deleted under us (FLUSHDB, manual cleanup): recreate and carry on.
             self.ensure_group()
             return []
+        blobs = {eid: blob for eid, blob in delivered} if isinstance(delivered, list) else {}
         entries = [(eid, fields) for _stream, batch in resp or [] for eid, fields in batch]
-        return self._load(entries, {eid: 1 for eid, _ in entries})
+        if entries:
+            self._last_read[consumer] = entries[-1][0].decode()
+        return self._load(entries, {eid: 1 for eid, _ in entries}, blobs)
 
     def reclaim(self, consumer: str, min_idle_ms: int, count: int = 100) -> Reclaimed:
         """Take over entries idle longer than ``min_idle_ms`` (their worker died or stalled).
@@ -267,26 +302,22 @@ class RedisQueue:
     def respond(self, outcomes: Sequence[tuple[QueuedRequest, Reply]]) -> list[str]:
         """Write each request's reply (first reply wins), then acknowledge and delete the entries.
 
-        Replies and acks go in one MULTI: an entry is never acknowledged without its reply.
+        Replies and acks go in one script: an entry is never acknowledged without its reply.
         Returns the outcome actually sent per request (``"ok"`` or an ``ErrorKind`` value); a
         result that cannot be encoded is turned into an ``internal_error`` reply.
         """
         if not outcomes:
             return []
         s = self.settings
-        ttl_ms = math.ceil(s.result_ttl_s * 1000)
+        keys: list[str] = [s.stream]
+        args: list[object] = [s.group, math.ceil(s.result_ttl_s * 1000)]
         sent: list[str] = []
-        pipe = self.redis.pipeline(transaction=True)
         for request, reply in outcomes:
             blob, outcome = _encode_reply(request.request_id, reply)
             sent.append(outcome)
-            self._reply_script(
-                keys=[s.done_key(request.request_id), s.reply_key(request.request_id)],
-                args=[blob, ttl_ms],
-                client=pipe,
-            )
-        self._ack(pipe, [request for request, _ in outcomes])
-        pipe.execute()
+            keys += [s.done_key(request.request_id), s.reply_key(request.request_id), request.payload_key]
+            args += [request.entry_id, blob]
+        self._respond_script(keys=keys, args=args)
         return sent
 
     def release(self, requests: Sequence[QueuedRequest]) -> None:
@@ -309,7 +340,9 @@ class RedisQueue:
                     "enq": repr(r.enqueued_at),
                 },
             )
-        self._ack(pipe, requests, delete_payloads=False)
+        ids = [r.entry_id for r in requests]
+        # XDEL as well as XACK: acknowledged entries would otherwise stay in the stream forever.
+        pipe.xack(self.settings.stream, self.settings.group, *ids).xdel(self.settings.stream, *ids)
         pipe.execute()
 
     def prune_consumers(self, min_idle_ms: int, live: Iterable[str] = ()) -> list[str]:
@@ -342,17 +375,6 @@ class RedisQueue:
 
     # ------------------------------------------------------------------ internals
 
-    def _ack(
-        self, pipe: redis.client.Pipeline, requests: Sequence[QueuedRequest], delete_payloads: bool = True
-    ) -> None:
-        s = self.settings
-        ids = [r.entry_id for r in requests]
-        pipe.xack(s.stream, s.group, *ids)
-        # XDEL as well as XACK: acknowledged entries would otherwise stay in the stream forever.
-        pipe.xdel(s.stream, *ids)
-        if delete_payloads:
-            pipe.delete(*[r.payload_key for r in requests])
-
     def _ack_orphans(self, consumer: str) -> None:
         s = self.settings
         pending = self.redis.xpending_range(s.stream, s.group, "-", "+", 1000, consumername=consumer)
@@ -366,8 +388,12 @@ class RedisQueue:
             self.redis.xack(s.stream, s.group, *orphans)
 
     def _load(
-        self, entries: Sequence[tuple[bytes, dict[bytes, bytes]]], deliveries: Mapping[bytes, int]
+        self,
+        entries: Sequence[tuple[bytes, dict[bytes, bytes]]],
+        deliveries: Mapping[bytes, int],
+        blobs: Mapping[bytes, bytes | None] | None = None,
     ) -> list[QueuedRequest]:
+        """Parse entries and attach their payloads: from ``blobs`` (entry id -> payload) where given, else MGET."""
         parsed: list[QueuedRequest] = []
         malformed: list[bytes] = []
         for eid, fields in entries:
@@ -394,8 +420,12 @@ class RedisQueue:
             ).execute()
         if not parsed:
             return []
-        blobs = self.redis.mget([r.payload_key for r in parsed])
-        return [_with_tensors(r, blob) for r, blob in zip(parsed, blobs, strict=True)]
+        blobs = dict(blobs or {})
+        missing = [r for r in parsed if r.entry_id.encode() not in blobs]
+        if missing:
+            fetched = self.redis.mget([r.payload_key for r in missing])
+            blobs.update((r.entry_id.encode(), blob) for r, blob in zip(missing, fetched, strict=True))
+        return [_with_tensors(r, blobs[r.entry_id.encode()]) for r in parsed]
 
     def _dead_letter(
         self,

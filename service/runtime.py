@@ -116,7 +116,7 @@ class ExportedBackend:
     def _load(self, directory: Path, names: list[str]
               ) -> tuple[list[str], Callable[[dict[str, np.ndarray]], np.ndarray]]:
         if self.kind == "onnx":
-            session = ort.InferenceSession(str(directory / "model.onnx"), providers=self.providers)
+            session = ort.InferenceSession(str(directory / "model.onnx"), session_options(), providers=self.providers)
             return names, lambda feed: session.run(None, feed)[0]
         module = torch.jit.load(str(directory / "model.ts"))
 
@@ -125,6 +125,19 @@ class ExportedBackend:
                 return module(*[torch.from_numpy(feed[n]) for n in names]).numpy()
 
         return names, run
+
+
+def session_options(threads: int = 0) -> ort.SessionOptions:
+    """ONNX Runtime settings for serving: ``threads`` intra-op threads (0: one per core), spinning while a
+    forward runs and stopped as soon as it returns.
+
+    By default ORT's threads spin on after ``run()`` returns, waiting for more work; in a worker that work is
+    a Redis round trip away, and the spinning takes the cores that Redis, the caller and the reply need
+    (``python -m benchmarks.serving`` measures the forward and the added latency both ways)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.add_session_config_entry("session.force_spinning_stop", "1")
+    return opts
 
 
 def default_providers() -> list[str]:

@@ -5,12 +5,15 @@ the worker loop has its own tests in test_worker.py.
 
 from __future__ import annotations
 
+import json
+import struct
 import threading
 import time
 
 import numpy as np
 import pytest
 import redis
+import safetensors.numpy
 
 from service import payload
 from service.errors import (
@@ -59,6 +62,63 @@ def test_payload_rejects_bytes_it_did_not_write() -> None:
         payload.decode(b"\x01")
 
 
+def test_payload_is_a_safetensors_file_both_ways() -> None:
+    # Our writer and reader against the safetensors library, so the format stays the published one.
+    tensors = {
+        "u8": np.arange(7, dtype=np.uint8),  # odd sizes, so alignment depends on the writer's ordering
+        "f16": np.linspace(0, 1, 3, dtype=np.float16),
+        "i64": np.array([1, -2, 3], dtype=np.int64),
+        "f32": np.ones((2, 3), dtype=np.float32),
+        "big_endian": np.arange(4, dtype=">u2"),
+        "flags": np.array([True, False]),
+        "empty": np.zeros((0, 3), dtype=np.float32),
+    }
+    blob = payload.encode(tensors, {"k": 1})
+    theirs = safetensors.numpy.load(blob)
+    assert theirs.keys() == tensors.keys()
+    for name, array in tensors.items():
+        np.testing.assert_array_equal(theirs[name], array)
+    out, meta = payload.decode(safetensors.numpy.save(tensors, metadata={"anysat": '{"k": 1}'}))
+    assert meta == {"k": 1}
+    for name, array in tensors.items():
+        np.testing.assert_array_equal(out[name], array)
+        assert out[name].dtype == array.dtype.newbyteorder("<") and out[name].shape == array.shape
+
+
+def test_payload_decode_gives_aligned_read_only_views_of_the_blob() -> None:
+    blob = payload.encode({"a": np.arange(5, dtype=np.uint8), "b": np.arange(3, dtype=np.float64)})
+    out, _ = payload.decode(blob)
+    for array in out.values():
+        assert array.base is not None and not array.flags.writeable and array.flags.aligned
+    with pytest.raises(ValueError, match="read-only"):
+        out["b"][0] = 1.0
+
+
+@pytest.mark.parametrize(
+    ("entry", "match"),
+    [
+        ({"dtype": "F32", "shape": [4], "data_offsets": [0, 12]}, "does not fit"),  # 3 floats' bytes for 4
+        ({"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}, "does not fit"),  # past the end
+        ({"dtype": "C64", "shape": [1], "data_offsets": [0, 8]}, "malformed"),  # no such dtype
+        ({"dtype": "F32", "shape": "2", "data_offsets": [0, 8]}, "malformed"),
+        ({"dtype": "F32", "shape": [-2], "data_offsets": [0, 0]}, "does not fit"),
+    ],
+)
+def test_payload_decode_names_the_tensor_that_does_not_fit(entry: dict, match: str) -> None:
+    header = json.dumps({"x": entry}).encode()
+    blob = struct.pack("<Q", len(header)) + header + bytes(8)
+    with pytest.raises(payload.PayloadError, match=match) as err:
+        payload.decode(blob)
+    assert "'x'" in str(err.value)
+    with pytest.raises(payload.PayloadError, match="header says"):
+        payload.decode(struct.pack("<Q", 1 << 40) + b"{}")
+
+
+def test_payload_refuses_to_encode_dtypes_safetensors_cannot_name() -> None:
+    with pytest.raises(payload.PayloadError, match="complex"):
+        payload.encode({"z": np.ones(2, dtype=np.complex64)})
+
+
 def test_engine_client_sends_and_reads_every_argument_kind(redis_url: str, key_prefix: str) -> None:
     client = connect(redis_url)
     big = np.random.default_rng(0).bytes(3 * 2**20)  # larger than one socket read and the send cutoff
@@ -90,6 +150,40 @@ def test_round_trip_and_nothing_left_behind(redis_client: redis.Redis, key_prefi
     left = {k.decode() for k in redis_client.scan_iter(match=f"{key_prefix}:*")}
     assert left == {q.settings.stream, q.settings.done_key(rid)}
     assert 0 < redis_client.pttl(q.settings.done_key(rid)) <= q.settings.result_ttl_s * 1000
+
+
+def _calls(client: redis.Redis) -> dict[str, int]:
+    return {name: stats["calls"] for name, stats in client.info("commandstats").items()}
+
+
+def test_worker_round_trips(redis_client: redis.Redis, key_prefix: str) -> None:
+    # The payload comes back in the read's own round trip (a script pipelined behind XREADGROUP), and the
+    # reply is one script call: no MGET, no MULTI, no SCRIPT EXISTS that a pipelined registered script costs.
+    q = make_queue(redis_client, key_prefix)
+    for _ in range(2):  # measure the second round: the first use of a script on a server may load it
+        rids = [q.enqueue("k", tile(i), deadline_s=5) for i in range(3)]
+        before = _calls(redis_client)
+        reqs = q.read("w1", count=10, block_ms=100)
+        q.respond([(r, Ok({"y": r.tensors["s1-asc"][0]})) for r in reqs])  # type: ignore[index]
+        after = _calls(redis_client)
+    called = {name: after[name] - before.get(name, 0) for name in after if after[name] != before.get(name, 0)}
+    assert called["cmdstat_xreadgroup"] == 1 and called["cmdstat_eval"] == 1 and called["cmdstat_evalsha"] == 1
+    assert not {"cmdstat_mget", "cmdstat_multi", "cmdstat_script"} & called.keys(), called
+    for i, rid in enumerate(rids):
+        np.testing.assert_array_equal(q.wait_result(rid, 1)["y"], tile(i)["s1-asc"][0])
+
+
+def test_read_falls_back_to_mget_for_payloads_the_pipelined_script_missed(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    q = make_queue(redis_client, key_prefix)
+    rid = q.enqueue("k", tile(3), deadline_s=5)
+    q._last_read["w1"] = "99999999999999-0"  # the script then looks above every id and finds nothing
+    before = _calls(redis_client).get("cmdstat_mget", 0)
+    [req] = q.read("w1", count=10, block_ms=100)
+    assert _calls(redis_client)["cmdstat_mget"] == before + 1
+    assert req.request_id == rid and req.tensors is not None
+    np.testing.assert_array_equal(req.tensors["s1-asc"], tile(3)["s1-asc"])
 
 
 def test_first_reply_wins_and_is_delivered_once(redis_client: redis.Redis, key_prefix: str) -> None:
