@@ -8,8 +8,7 @@ header's ``__metadata__``, so one blob is one self-describing message.
 We write and read the format here rather than through ``safetensors.numpy``: its ``save`` copies
 every array three times and its ``load`` once more, and a request payload is hundreds of kB on the
 latency path. ``encode`` joins the header and the arrays' own buffers once, and ``decode`` returns
-read-only views into the blob. On a TreeSatAI tile (0.41 MB), after 50 ms idle as a lone caller's
-request meets each process: encode 0.80 -> 0.39 ms, encode + decode 1.2 -> 0.53 ms (medians of 60).
+read-only views into the blob.
 """
 
 from __future__ import annotations
@@ -45,8 +44,8 @@ class PayloadError(ValueError):
     """The bytes are not a payload this module wrote (truncated, corrupt or foreign)."""
 
 
-def _parts(tensors: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None) -> list[bytes | memoryview]:
-    # The header, then each array's buffer (not copied).
+def encode(tensors: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None) -> bytes:
+    """Serialise ``tensors`` (any names, e.g. ``s1-asc_dates``) and JSON-able ``meta`` to bytes."""
     arrays = []
     for name, array in tensors.items():
         # asarray(order="C"), not ascontiguousarray: the latter turns 0-d scalars into shape (1,).
@@ -70,12 +69,7 @@ def _parts(tensors: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = N
             buffers.append(memoryview(a.reshape(-1).view(np.uint8)))
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
-    return [_HEADER_LEN.pack(len(text)) + text, *buffers]
-
-
-def encode(tensors: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None) -> bytes:
-    """Serialise ``tensors`` (any names, e.g. ``s1-asc_dates``) and JSON-able ``meta`` to bytes."""
-    return b"".join(_parts(tensors, meta))
+    return b"".join([_HEADER_LEN.pack(len(text)), text, *buffers])
 
 
 def decode(blob: bytes) -> tuple[Tensors, dict[str, Any]]:
