@@ -152,6 +152,7 @@ class RedisQueue:
         self._enqueue_script = client.register_script(_ENQUEUE)
         self._respond_script = client.register_script(_RESPOND)
         self._last_read: dict[str, str] = {}  # consumer -> highest entry id it has read
+        self._fetch_warned = False
         self._blpop_slice_s = _blocking_slice(client)
         self.ensure_group()
 
@@ -255,6 +256,10 @@ class RedisQueue:
             # The stream was deleted under us (FLUSHDB, manual cleanup): recreate and carry on.
             self.ensure_group()
             return []
+        if isinstance(delivered, redis.ResponseError) and not self._fetch_warned:
+            # XPENDING's exclusive range needs Redis >= 6.2; below that every read falls back to MGET.
+            log.warning("payloads not fetched with the read (%s); using a second round trip", delivered)
+            self._fetch_warned = True
         blobs = {eid: blob for eid, blob in delivered} if isinstance(delivered, list) else {}
         entries = [(eid, fields) for _stream, batch in resp or [] for eid, fields in batch]
         if entries:

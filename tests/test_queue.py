@@ -186,6 +186,20 @@ def test_read_falls_back_to_mget_for_payloads_the_pipelined_script_missed(
     np.testing.assert_array_equal(req.tensors["s1-asc"], tile(3)["s1-asc"])
 
 
+def test_read_survives_the_payload_script_failing(
+    redis_client: redis.Redis, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As on a Redis older than 6.2, which has no exclusive XPENDING ranges: the script errors, MGET steps in.
+    q = make_queue(redis_client, key_prefix)
+    rid = q.enqueue("k", tile(4), deadline_s=5)
+    q._last_read["w1"] = "not-an-id"
+    with caplog.at_level("WARNING", logger="service.queue"):
+        [req] = q.read("w1", count=10, block_ms=100)
+    assert req.request_id == rid and req.tensors is not None
+    np.testing.assert_array_equal(req.tensors["s1-asc"], tile(4)["s1-asc"])
+    assert "second round trip" in caplog.text
+
+
 def test_first_reply_wins_and_is_delivered_once(redis_client: redis.Redis, key_prefix: str) -> None:
     q = make_queue(redis_client, key_prefix)
     rid = q.enqueue("k", {"x": np.ones(2)}, deadline_s=5)
