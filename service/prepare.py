@@ -79,17 +79,26 @@ _WIRE_DTYPES = (*_WIRE_INTS, np.dtype("float16"), np.dtype("float32"))
 
 
 def wire_array(x: np.ndarray) -> np.ndarray:
-    """``x`` in the smallest payload dtype that holds its values exactly: kept if it is one of the 8/16-bit
-    integer or float16/32 types, a wider integer narrowed when its range fits (JSON and npz clients often send
-    int64), else float32 (what the model computes in anyway)."""
-    if x.dtype in _WIRE_DTYPES:
-        return x
-    if x.dtype.kind in "iu" and x.size:
-        lo, hi = int(x.min()), int(x.max())
+    """``x`` in the smallest payload dtype that holds its values exactly: 8/16-bit integers and float16 as they
+    came; wider integers, and floats whose values are all whole numbers (digital numbers or reflectances stored
+    as float32, as in the TreeSatAI HDF5 files), narrowed to an 8/16-bit integer type when their range fits;
+    anything else float32 (what the model computes in anyway)."""
+    if x.dtype in _WIRE_INTS or x.dtype == np.float16 or not x.size:
+        return x if x.size else x.astype(np.float32)
+    if x.dtype.kind in "iu" or (x.dtype.kind == "f" and _whole(x)):
+        lo, hi = x.min(), x.max()
         for dt in _WIRE_INTS:
             if np.iinfo(dt).min <= lo and hi <= np.iinfo(dt).max:
                 return x.astype(dt)
-    return x.astype(np.float32)
+    return x if x.dtype == np.float32 else x.astype(np.float32)
+
+
+def _whole(x: np.ndarray) -> bool:
+    """All values are whole numbers (NaN is not; infinities fail the range check after). A sample first, so
+    that the common case of real-valued data costs one small pass, not a full copy."""
+    flat = x.reshape(-1)
+    sample = flat[:: max(1, flat.size // 1024)]
+    return bool(np.array_equal(sample, np.rint(sample)) and np.array_equal(flat, np.rint(flat)))
 
 
 def _stats(name: str, query: Query) -> NormStats | None:

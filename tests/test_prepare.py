@@ -48,6 +48,15 @@ def test_payload_keeps_raw_values_in_compact_dtypes() -> None:
     (np.array([0.5, 1e300], np.float64), np.float32),
     (np.array([1, 2], np.float16), np.float16),
     (np.zeros(0, np.int64), np.float32),
+    # whole-valued floats are narrowed like integers...
+    (np.array([0.0, 255.0], np.float32), np.uint8),
+    (np.array([-0.0, 10000.0], np.float32), np.uint16),
+    (np.array([-3.0, 200.0], np.float64), np.int16),
+    # ...but not when one value has a fraction, even beyond the sample, or is out of range, NaN or infinite
+    (np.r_[np.arange(5000.0), 0.5].astype(np.float32), np.float32),
+    (np.array([0.0, 70000.0], np.float32), np.float32),
+    (np.array([0.0, np.nan], np.float32), np.float32),
+    (np.array([0.0, np.inf], np.float64), np.float32),
 ])
 def test_wire_dtype(x: np.ndarray, dtype: type) -> None:
     assert wire_array(x).dtype == dtype
@@ -59,6 +68,16 @@ def gateway_normalised(name: str, x: np.ndarray) -> np.ndarray:
     mean = np.asarray(stats.mean, np.float32)[:, None, None]
     std = np.asarray(stats.std, np.float32)[:, None, None]
     return ((x.astype(np.float32) - mean) / std).astype(np.float32)
+
+
+def test_whole_valued_float_reflectances_travel_as_uint16_and_normalise_to_the_same_bits() -> None:
+    s2 = S2.astype(np.float32)  # as the TreeSatAI HDF5 stores Sentinel-2 reflectances
+    tile = {"s2": SensorInput("s2", s2, S2_DATES, dates_field="s2_dates")}
+    prepared = prepare_tile(tile, Query(patch_size=10), GatewaySettings(), "tiles[0]")
+    assert prepared.tensors["s2"].dtype == np.uint16
+    tensors, _ = decode(encode(prepared.tensors))
+    batch = stack_requests(prepared.config, [tensors])
+    np.testing.assert_array_equal(batch["s2"][0], gateway_normalised("s2", s2))
 
 
 def test_worker_normalises_to_the_same_bits_as_the_gateway_did() -> None:
