@@ -72,10 +72,9 @@ def _check_sensor(name: str, s: SensorInput, settings: GatewaySettings) -> None:
         raise InputError(s.dates_field, f"{name} is a single-date sensor; it takes no dates")
 
 
-# Dtypes a payload carries as they came: converting them to float32 in the worker gives the same values, and an
-# 8- or 16-bit tile is 2-4x smaller in Redis and on the wire than its float32 version.
+# Integer dtypes a payload carries: converting them to float32 in the worker gives the same values, and an
+# 8- or 16-bit tile is 2-4x smaller in Redis and on the wire than its float32 version. Smallest first.
 _WIRE_INTS = tuple(np.dtype(t) for t in ("uint8", "int8", "uint16", "int16"))
-_WIRE_DTYPES = (*_WIRE_INTS, np.dtype("float16"), np.dtype("float32"))
 
 
 def wire_array(x: np.ndarray) -> np.ndarray:
@@ -83,8 +82,10 @@ def wire_array(x: np.ndarray) -> np.ndarray:
     came; wider integers, and floats whose values are all whole numbers (digital numbers or reflectances stored
     as float32, as in the TreeSatAI HDF5 files), narrowed to an 8/16-bit integer type when their range fits;
     anything else float32 (what the model computes in anyway)."""
-    if x.dtype in _WIRE_INTS or x.dtype == np.float16 or not x.size:
-        return x if x.size else x.astype(np.float32)
+    if not x.size:
+        return x.astype(np.float32)
+    if x.dtype in _WIRE_INTS or x.dtype == np.float16:
+        return x
     if x.dtype.kind in "iu" or (x.dtype.kind == "f" and _whole(x)):
         lo, hi = x.min(), x.max()
         for dt in _WIRE_INTS:

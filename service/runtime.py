@@ -132,8 +132,8 @@ def session_options(threads: int = 0) -> ort.SessionOptions:
     forward runs and stopped as soon as it returns.
 
     By default ORT's threads spin on after ``run()`` returns, waiting for more work; in a worker that work is
-    a Redis round trip away, and the spinning takes the cores that Redis, the caller and the reply need
-    (``python -m benchmarks.serving`` measures the forward and the added latency both ways)."""
+    a Redis round trip away, and the spinning takes the cores that Redis, the caller and the reply need.
+    ``python -m benchmarks.serving`` times a raw forward both ways."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.add_session_config_entry("session.force_spinning_stop", "1")
