@@ -103,6 +103,16 @@ def test_values_that_overflow_after_normalisation_are_refused() -> None:
     assert info.value.field == "aerial"
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_whole_valued_floats_with_nan_or_infinity_are_still_refused(bad: float) -> None:
+    s2 = S2.astype(np.float32)
+    s2[0, 0, 0, 0] = bad  # rint(inf) == inf: only the range check keeps it from being "whole"
+    tile = {"s2": SensorInput("s2", s2, S2_DATES, dates_field="s2_dates")}
+    with pytest.raises(InputError, match="NaN or infinite") as info:
+        prepare_tile(tile, Query(patch_size=10), GatewaySettings(), "tiles[0]")
+    assert info.value.field == "s2"
+
+
 def test_malformed_statistics_fail_the_request_naming_them() -> None:
     prepared = prepare_tile(tile(), Query(patch_size=20), GatewaySettings(), "tiles[0]")
     bad = {**prepared.tensors, "s2_stats": np.ones((2, 3), np.float32)}
