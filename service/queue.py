@@ -66,6 +66,8 @@ redis.call('DEL', unpack(payloads))
 return n
 """
 
+_RESPOND_SLICE = 1000  # requests per _RESPOND call
+
 # The payloads of the entries an XREADGROUP just delivered to a consumer: sent in the same pipeline
 # behind it, so Redis runs it the moment the read unblocks and a worker gets its requests' tensors
 # without a second round trip. The new entries are the consumer's pending ones above the last id it
@@ -311,18 +313,18 @@ class RedisQueue:
         Returns the outcome actually sent per request (``"ok"`` or an ``ErrorKind`` value); a
         result that cannot be encoded is turned into an ``internal_error`` reply.
         """
-        if not outcomes:
-            return []
         s = self.settings
-        keys: list[str] = [s.stream]
-        args: list[object] = [s.group, math.ceil(s.result_ttl_s * 1000)]
         sent: list[str] = []
-        for request, reply in outcomes:
-            blob, outcome = _encode_reply(request.request_id, reply)
-            sent.append(outcome)
-            keys += [s.done_key(request.request_id), s.reply_key(request.request_id), request.payload_key]
-            args += [request.entry_id, blob]
-        self._respond_script(keys=keys, args=args)
+        # In slices: the script unpacks ids into one call, and Lua refuses to unpack ~8000 values.
+        for start in range(0, len(outcomes), _RESPOND_SLICE):
+            keys: list[str] = [s.stream]
+            args: list[object] = [s.group, math.ceil(s.result_ttl_s * 1000)]
+            for request, reply in outcomes[start : start + _RESPOND_SLICE]:
+                blob, outcome = _encode_reply(request.request_id, reply)
+                sent.append(outcome)
+                keys += [s.done_key(request.request_id), s.reply_key(request.request_id), request.payload_key]
+                args += [request.entry_id, blob]
+            self._respond_script(keys=keys, args=args)
         return sent
 
     def release(self, requests: Sequence[QueuedRequest]) -> None:

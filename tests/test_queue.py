@@ -25,7 +25,7 @@ from service.errors import (
     RequestTimedOut,
     ResultTimeout,
 )
-from service.queue import Err, Ok, RedisQueue, connect
+from service.queue import Err, Ok, QueuedRequest, RedisQueue, connect
 from service.settings import QueueSettings
 
 
@@ -171,6 +171,20 @@ def test_worker_round_trips(redis_client: redis.Redis, key_prefix: str) -> None:
     assert not {"cmdstat_mget", "cmdstat_multi", "cmdstat_script"} & called.keys(), called
     for i, rid in enumerate(rids):
         np.testing.assert_array_equal(q.wait_result(rid, 1)["y"], tile(i)["s1-asc"][0])
+
+
+def test_respond_answers_more_requests_than_lua_can_unpack_at_once(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    # A worker may answer thousands at once (expired entries of a large prefetch); Lua's unpack stops near 8000.
+    q = make_queue(redis_client, key_prefix)
+    requests = [QueuedRequest(f"1-{i}", f"r{i}", "k", f"{key_prefix}:payload:r{i}", 0.0, 0.0, 1) for i in range(8500)]
+    sent = q.respond([(r, Err(ErrorKind.TIMED_OUT, "late")) for r in requests])
+    assert sent == ["timed_out"] * 8500
+    assert all(redis_client.exists(*[q.settings.reply_key(r.request_id) for r in requests[i : i + 500]]) == 500
+               for i in range(0, 8500, 500))
+    with pytest.raises(RequestTimedOut):
+        q.wait_result("r8499", 1)
 
 
 def test_read_falls_back_to_mget_for_payloads_the_pipelined_script_missed(
