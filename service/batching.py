@@ -6,9 +6,16 @@ oldest request has waited ``max_wait_ms``, whichever comes first; among keys tha
 one whose oldest request arrived first goes first, so a busy key cannot starve a quiet one.
 
 Adaptive wait: waiting only pays when company is likely to come within ``max_wait_ms``. Each key
-keeps a moving average of the gap between its arrivals (as the worker reads them); a key whose
-requests arrive further apart than ``max_wait_ms`` is cut at once. A lone caller then pays no wait,
-while under load the backlog read in one go has gaps of zero and batches form as before.
+keeps two moving averages, and a partial batch is cut at once unless both say company is coming:
+- the gap between its arrivals (as the worker reads them): requests further apart than ``max_wait_ms``
+  will not meet;
+- how often an arrival found earlier requests of the key still unanswered (waiting in a lane, or queued
+  before the key's last batch was answered: the worker reports the stream's newest entry id at each answer,
+  see ``answered``). A caller that waits for each answer before sending its next request never overlaps
+  itself, however short its gaps, so with a fast model it would otherwise pay ``max_wait_ms`` on every
+  request for company that cannot come.
+A lone caller then pays no wait, while under load the backlog is read in one go, overlaps, and batches
+form as before.
 """
 
 from __future__ import annotations
@@ -20,9 +27,10 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from service.queue import QueuedRequest
+from service.queue import QueuedRequest, stream_id
 
-_GAP_SMOOTHING = 0.25  # weight of the newest gap: a few arrivals at a new rate change the decision
+_GAP_SMOOTHING = 0.25  # weight of the newest arrival: a few arrivals at a new rate change the decision
+_MIN_OVERLAP = 0.5  # share of arrivals meeting unanswered requests of their key below which waiting is pointless
 _MAX_KEYS = 1024  # arrival history is kept for this many recently seen keys
 
 
@@ -50,6 +58,8 @@ class _Lane:
 class _Arrivals:
     last: float
     gap: float | None = None  # moving average of the time between arrivals; None until two arrived
+    overlap: float = 0.0  # moving average of "this arrival met unanswered requests of its key" (0 or 1)
+    answered_through: tuple[int, int] | None = None  # stream id: entries up to it came before the last answer
 
 
 class Batcher:
@@ -69,9 +79,22 @@ class Batcher:
 
     def add(self, requests: Iterable[QueuedRequest], now: float) -> None:
         for r in requests:
-            self._lanes.setdefault(r.batch_key, _Lane()).waiting.append((now, r))
+            lane = self._lanes.setdefault(r.batch_key, _Lane())
+            seen = self._arrivals.get(r.batch_key)
+            overlapped = bool(lane.waiting) or (
+                seen is not None and seen.answered_through is not None
+                and stream_id(r.entry_id) <= seen.answered_through
+            )
+            lane.waiting.append((now, r))
             self._size += 1
-            self._arrived(r.batch_key, now)
+            self._arrived(r.batch_key, now, overlapped)
+
+    def answered(self, key: str, newest_entry_id: str) -> None:
+        """A batch of ``key`` was answered while ``newest_entry_id`` was the stream's newest entry (or the
+        batch's own newest): requests of ``key`` read later with ids up to it were queued while it ran."""
+        seen = self._arrivals.get(key)
+        if seen is not None:
+            seen.answered_through = stream_id(newest_entry_id)
 
     def expected_gap(self, key: str) -> float | None:
         """Moving average of the seconds between this key's arrivals; None before two arrived."""
@@ -106,18 +129,21 @@ class Batcher:
 
     def _company_unlikely(self, key: str) -> bool:
         # No history (a key's first request) counts as unlikely: a burst is read in one go anyway.
-        gap = self.expected_gap(key)
-        return self.adaptive_wait and (gap is None or gap > self.max_wait_s)
+        if not self.adaptive_wait:
+            return False
+        seen = self._arrivals.get(key)
+        return seen is None or seen.gap is None or seen.gap > self.max_wait_s or seen.overlap < _MIN_OVERLAP
 
-    def _arrived(self, key: str, now: float) -> None:
+    def _arrived(self, key: str, now: float, overlapped: bool) -> None:
         seen = self._arrivals.get(key)
         if seen is None:
-            self._arrivals[key] = _Arrivals(last=now)
+            self._arrivals[key] = _Arrivals(last=now, overlap=float(overlapped))
             if len(self._arrivals) > _MAX_KEYS:
                 self._arrivals.popitem(last=False)
             return
         gap = now - seen.last
         seen.gap = gap if seen.gap is None else seen.gap + _GAP_SMOOTHING * (gap - seen.gap)
+        seen.overlap += _GAP_SMOOTHING * (overlapped - seen.overlap)
         seen.last = now
         self._arrivals.move_to_end(key)
 

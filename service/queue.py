@@ -47,7 +47,8 @@ return {1, depth}
 
 # Replies, acknowledgements and payload deletion for a batch in one atomic step, so an entry is never
 # acknowledged without its reply. The first reply for a request id wins; later ones (a re-run after a
-# reclaim) are dropped, so a caller can never see two different answers.
+# reclaim) are dropped, so a caller can never see two different answers. Returns the stream's newest
+# remaining entry id, if any: everything up to it was queued before these answers (the batcher's hint).
 # KEYS: stream, then per request its done-marker, reply list and payload. ARGV: group, TTL in ms, then
 # per request its entry id and reply blob.
 _RESPOND = """
@@ -63,7 +64,8 @@ end
 redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
 redis.call('XDEL', KEYS[1], unpack(ids))
 redis.call('DEL', unpack(payloads))
-return n
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+return newest and newest[1] or false
 """
 
 _RESPOND_SLICE = 1000  # requests per _RESPOND call
@@ -138,6 +140,11 @@ class Err:
 
 
 Reply = Ok | Err
+
+
+class Responded(NamedTuple):
+    sent: list[str]  # the outcome sent per request: "ok" or an ErrorKind value
+    newest_id: str  # every entry up to this stream id was queued before the answers went out
 
 
 class Reclaimed(NamedTuple):
@@ -306,15 +313,17 @@ class RedisQueue:
             s = self.settings
             self.redis.xclaim(s.stream, s.group, consumer, 0, list(entry_ids), justid=True)
 
-    def respond(self, outcomes: Sequence[tuple[QueuedRequest, Reply]]) -> list[str]:
+    def respond(self, outcomes: Sequence[tuple[QueuedRequest, Reply]]) -> Responded:
         """Write each request's reply (first reply wins), then acknowledge and delete the entries.
 
         Replies and acks go in one script: an entry is never acknowledged without its reply.
-        Returns the outcome actually sent per request (``"ok"`` or an ``ErrorKind`` value); a
-        result that cannot be encoded is turned into an ``internal_error`` reply.
+        Returns the outcome actually sent per request (``"ok"`` or an ``ErrorKind`` value; a
+        result that cannot be encoded is turned into an ``internal_error`` reply), and the newest
+        stream id queued before the answers went out (the newest answered entry if none is left).
         """
         s = self.settings
         sent: list[str] = []
+        newest = max((r.entry_id for r, _ in outcomes), key=stream_id, default="0-0")
         # In slices: the script unpacks ids into one call, and Lua refuses to unpack ~8000 values.
         for start in range(0, len(outcomes), _RESPOND_SLICE):
             keys: list[str] = [s.stream]
@@ -324,8 +333,10 @@ class RedisQueue:
                 sent.append(outcome)
                 keys += [s.done_key(request.request_id), s.reply_key(request.request_id), request.payload_key]
                 args += [request.entry_id, blob]
-            self._respond_script(keys=keys, args=args)
-        return sent
+            left = self._respond_script(keys=keys, args=args)
+            if left:
+                newest = max(newest, left.decode(), key=stream_id)
+        return Responded(sent, newest)
 
     def release(self, requests: Sequence[QueuedRequest]) -> None:
         """Hand unstarted requests back to the group now (graceful shutdown), not after reclaim.
@@ -469,6 +480,12 @@ class RedisQueue:
         self.respond(outcomes)
         log.warning("dead-lettered %d requests: %s", len(requests), [r.request_id for r in requests])
         return [r.request_id for r in requests]
+
+
+def stream_id(entry_id: str) -> tuple[int, int]:
+    """A Redis stream entry id ``"<ms>-<seq>"`` as a comparable pair."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _blocking_slice(client: redis.Redis) -> float:

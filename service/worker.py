@@ -206,7 +206,9 @@ class Worker:
             for r in live:
                 self.metrics.queue_wait.observe(max(0.0, now - r.enqueued_at))
             outcomes.extend(zip(live, self._run(batch_key, live), strict=True))
-        self._respond(outcomes)
+        newest = self._respond(outcomes)
+        if newest is not None:
+            self._batcher.answered(batch_key, newest)
 
     def _run(self, batch_key: str, batch: list[QueuedRequest]) -> list[Reply]:
         inputs = [r.tensors for r in batch]
@@ -227,11 +229,12 @@ class Worker:
             self.metrics.inference_time.observe(time.perf_counter() - started)
         return [Ok(result) for result in results]
 
-    def _respond(self, outcomes: list[tuple[QueuedRequest, Reply]]) -> None:
+    def _respond(self, outcomes: list[tuple[QueuedRequest, Reply]]) -> str | None:
+        """Answer; returns the newest stream id queued before the answers went out (see ``Batcher.answered``)."""
         if not outcomes:
-            return
+            return None
         try:
-            sent = self.queue.respond(outcomes)
+            sent, newest = self.queue.respond(outcomes)
         finally:
             # Answered, or (if Redis failed) left to be reclaimed: either way no longer ours to renew.
             with self._held_lock:
@@ -239,6 +242,7 @@ class Worker:
                     self._held.pop(r.entry_id, None)
         self._answered += len(sent)
         self.metrics.count_outcomes(sent)
+        return newest
 
     def _shutdown(self) -> None:
         leftover = self._batcher.drain()

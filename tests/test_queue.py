@@ -25,7 +25,7 @@ from service.errors import (
     RequestTimedOut,
     ResultTimeout,
 )
-from service.queue import Err, Ok, QueuedRequest, RedisQueue, connect
+from service.queue import Err, Ok, QueuedRequest, RedisQueue, connect, stream_id
 from service.settings import QueueSettings
 
 
@@ -140,7 +140,7 @@ def test_round_trip_and_nothing_left_behind(redis_client: redis.Redis, key_prefi
     assert req.tensors is not None
     np.testing.assert_array_equal(req.tensors["s1-asc"], tile(1)["s1-asc"])
 
-    assert q.respond([(req, Ok({"y": req.tensors["s1-asc"] * 2}))]) == ["ok"]
+    assert q.respond([(req, Ok({"y": req.tensors["s1-asc"] * 2}))]) == (["ok"], req.entry_id)
     out = q.wait_result(rid, timeout_s=1)
     np.testing.assert_allclose(out["y"], tile(1)["s1-asc"] * 2)
     # Acknowledged entries are deleted, payload gone, reply list consumed: only the done-marker
@@ -179,12 +179,28 @@ def test_respond_answers_more_requests_than_lua_can_unpack_at_once(
     # A worker may answer thousands at once (expired entries of a large prefetch); Lua's unpack stops near 8000.
     q = make_queue(redis_client, key_prefix)
     requests = [QueuedRequest(f"1-{i}", f"r{i}", "k", f"{key_prefix}:payload:r{i}", 0.0, 0.0, 1) for i in range(8500)]
-    sent = q.respond([(r, Err(ErrorKind.TIMED_OUT, "late")) for r in requests])
-    assert sent == ["timed_out"] * 8500
+    sent, newest = q.respond([(r, Err(ErrorKind.TIMED_OUT, "late")) for r in requests])
+    assert sent == ["timed_out"] * 8500 and newest == "1-8499"
     assert all(redis_client.exists(*[q.settings.reply_key(r.request_id) for r in requests[i : i + 500]]) == 500
                for i in range(0, 8500, 500))
     with pytest.raises(RequestTimedOut):
         q.wait_result("r8499", 1)
+
+
+def test_respond_reports_the_newest_entry_queued_before_the_answer(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    # The batcher's hint: what a worker reads later with an id up to this was queued while the batch ran.
+    q = make_queue(redis_client, key_prefix)
+    q.enqueue("k", tile(1), deadline_s=5)
+    [first] = q.read("w1", count=1, block_ms=100)
+    q.enqueue("k", tile(2), deadline_s=5)  # queued while the first "runs"
+    queued_meanwhile = redis_client.xrevrange(q.settings.stream, count=1)[0][0].decode()
+    assert q.respond([(first, Ok({}))]).newest_id == queued_meanwhile != first.entry_id
+    [second] = q.read("w1", count=1, block_ms=100)
+    assert second.entry_id == queued_meanwhile
+    assert q.respond([(second, Ok({}))]).newest_id == second.entry_id  # nothing left: its own id
+    assert stream_id("1700000000000-12") == (1700000000000, 12) > stream_id("1700000000000-9")
 
 
 def test_read_falls_back_to_mget_for_payloads_the_pipelined_script_missed(

@@ -99,20 +99,31 @@ def test_oldest_key_first_and_keys_never_mix() -> None:
     assert order == [("quiet", 1), ("busy", 2), ("busy", 2), ("busy", 2)]
 
 
-def test_adaptive_wait_cuts_a_lone_request_at_once_but_waits_for_a_stream() -> None:
+def test_adaptive_wait_waits_only_for_company_that_can_come() -> None:
     b = Batcher(max_batch_size=4, max_wait_ms=10)
     b.add([fake(0, "k")], now=0.0)  # first request of a key: no reason to expect company
     assert b.time_until_due(0.0) == 0.0
     assert b.pop_due(0.0) is not None
-    # A steady stream 2 ms apart: company is likely within 10 ms, so a partial batch waits.
-    for i, t in enumerate((0.002, 0.004, 0.006), start=1):
+    # One caller sending each request once the previous is answered, 2 ms apart: gaps far below
+    # max_wait_ms, yet no arrival meets an unanswered request, so waiting could only add latency.
+    t = 0.0
+    for i in range(1, 8):
+        b.answered("k", f"{i - 1}-0")  # nothing else was queued when the previous answer went out
+        t += 0.002
         b.add([fake(i, "k")], now=t)
-        assert b.pop_due(t) is None
+        assert b.pop_due(t) is not None, f"request {i} waited for company that cannot come"
     assert b.expected_gap("k") == pytest.approx(0.002)
-    assert b.time_until_due(0.006) == pytest.approx(0.006)  # the oldest (t = 2 ms) is due at 12 ms
-    assert len(b.pop_due(0.012)[1]) == 3  # type: ignore[index]
-    # The stream stops; a request after a long pause pulls the average past max_wait: cut at once.
-    b.add([fake(9, "k")], now=1.0)
+    # Traffic faster than the worker: 8 is cut at once, 9-11 are queued while it runs, and the answer goes
+    # out with 11 the stream's newest entry. Each of them met unanswered requests: company is coming.
+    b.add([fake(8, "k")], now=t)
+    assert b.pop_due(t) is not None
+    b.answered("k", "11-0")
+    b.add([fake(i, "k") for i in (9, 10, 11)], now=t + 0.004)
+    assert b.pop_due(t + 0.004) is None  # 3 < 4: the partial batch waits
+    assert b.time_until_due(t + 0.004) == pytest.approx(0.010)
+    assert b.pop_due(t + 0.0139) is None and len(b.pop_due(t + 0.0141)[1]) == 3  # type: ignore[index]
+    # The traffic stops; a request after a long pause pulls the gap past max_wait: cut at once.
+    b.add([fake(99, "k")], now=1.0)
     assert b.expected_gap("k") > 0.010
     assert b.pop_due(1.0) is not None
 
@@ -168,6 +179,24 @@ def test_mixed_keys_interleaved_never_share_a_batch(
     assert max(size for _, size in runner.calls) == 8  # real batching happened
     assert len(batches) == len(runner.calls) < 90
     assert [w.consumer for w in live_workers(redis_client, key_prefix)] == [worker.consumer]
+
+
+def test_a_caller_waiting_for_each_answer_pays_no_batching_wait(
+    start_worker: Callable[..., tuple[Worker, DoublingRunner]], redis_client: redis.Redis, key_prefix: str
+) -> None:
+    # A fast model and one caller sending back to back: arrivals come milliseconds apart, well inside
+    # max_wait_ms, but never while an earlier request is unanswered. Waiting for company would cost every
+    # request the full 1.5 s here; requests queued together still share a batch.
+    q = RedisQueue(redis_client, QueueSettings(prefix=key_prefix))
+    _, runner = start_worker(max_batch_size=4, max_wait_ms=1500)
+    for i in range(12):
+        started = time.monotonic()
+        np.testing.assert_array_equal(q.wait_result(q.enqueue("k", x_of(i), deadline_s=30), 30)["y"], x_of(i)["x"] * 2)
+        assert time.monotonic() - started < 0.75, f"request {i} waited for company"
+    assert [size for _, size in runner.calls] == [1] * 12
+    burst = [q.enqueue("k", x_of(i), deadline_s=30) for i in range(8)]
+    assert all(isinstance(out, dict) for out in collect(q, burst).values())
+    assert max(size for _, size in runner.calls[12:]) == 4
 
 
 def test_bad_request_fails_alone_and_worker_survives(
