@@ -194,9 +194,15 @@ def test_a_caller_waiting_for_each_answer_pays_no_batching_wait(
         np.testing.assert_array_equal(q.wait_result(q.enqueue("k", x_of(i), deadline_s=30), 30)["y"], x_of(i)["x"] * 2)
         assert time.monotonic() - started < 0.75, f"request {i} waited for company"
     assert [size for _, size in runner.calls] == [1] * 12
+    # Requests queued while a batch runs are read together and leave in full batches.
+    runner.sleep_s = 0.3
+    slow = q.enqueue("k", x_of(12), deadline_s=30)
+    deadline = time.monotonic() + 10
+    while len(runner.calls) < 13 and time.monotonic() < deadline:
+        time.sleep(0.005)
     burst = [q.enqueue("k", x_of(i), deadline_s=30) for i in range(8)]
-    assert all(isinstance(out, dict) for out in collect(q, burst).values())
-    assert max(size for _, size in runner.calls[12:]) == 4
+    assert all(isinstance(out, dict) for out in collect(q, [slow, *burst]).values())
+    assert [size for _, size in runner.calls[12:]] == [1, 4, 4]
 
 
 def test_bad_request_fails_alone_and_worker_survives(
