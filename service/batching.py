@@ -29,7 +29,7 @@ import numpy as np
 
 from service.queue import QueuedRequest, stream_id
 
-_GAP_SMOOTHING = 0.25  # weight of the newest arrival: a few arrivals at a new rate change the decision
+_SMOOTHING = 0.25  # weight of the newest arrival: a few arrivals at a new rate change the decision
 _MIN_OVERLAP = 0.5  # share of arrivals meeting unanswered requests of their key below which waiting is pointless
 _MAX_KEYS = 1024  # arrival history is kept for this many recently seen keys
 
@@ -142,8 +142,8 @@ class Batcher:
                 self._arrivals.popitem(last=False)
             return
         gap = now - seen.last
-        seen.gap = gap if seen.gap is None else seen.gap + _GAP_SMOOTHING * (gap - seen.gap)
-        seen.overlap += _GAP_SMOOTHING * (overlapped - seen.overlap)
+        seen.gap = gap if seen.gap is None else seen.gap + _SMOOTHING * (gap - seen.gap)
+        seen.overlap += _SMOOTHING * (overlapped - seen.overlap)
         seen.last = now
         self._arrivals.move_to_end(key)
 
