@@ -52,6 +52,11 @@ class WorkerMetrics:
         self.export_cache_misses = Counter(
             "anysat_export_cache_misses", "Model exports built because the cache lacked them.", registry=r
         )
+        self.graphs_unloaded = Counter(
+            "anysat_graphs_unloaded",
+            "Exported graphs unloaded to keep at most max_graphs in memory (reloaded from disk when needed).",
+            registry=r,
+        )
         self.reclaimed = Counter(
             "anysat_reclaimed", "Entries taken over from workers that died or stalled.", registry=r
         )

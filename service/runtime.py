@@ -12,8 +12,13 @@ head's output kind: ``tile`` for classification, ``dense`` of the head's modalit
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
+import logging
 import os
+import sys
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -34,6 +39,9 @@ from service.payload import STATS_SUFFIX
 from service.triton_backend import TritonBackend
 
 RUNTIMES = ("eager", "onnx", "torchscript", "triton")
+DEFAULT_MAX_GRAPHS = 4
+
+log = logging.getLogger(__name__)
 
 
 def stack_requests(config: ModalityConfig, requests: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -93,25 +101,52 @@ class EagerBackend:
 
 class ExportedBackend:
     """Runs each configuration's exported graph — ONNX Runtime or TorchScript — exporting it on
-    first use through the shared on-disk ``ExportCache``."""
+    first use through the shared on-disk ``ExportCache``.
+
+    At most ``max_graphs`` graphs stay loaded, least recently used unloaded first. Every configuration (tile
+    size, patch size, output) is its own graph with its own weights and memory arena, so a worker that meets
+    many would otherwise grow until the machine kills it. An unloaded graph that is needed again is reloaded
+    from the disk cache (an ``anysat_export_cache_hits_total``), not re-exported."""
 
     def __init__(self, cache: ExportCache, kind: str = "onnx", providers: Sequence[str] | None = None,
-                 metrics: WorkerMetrics | None = None) -> None:
+                 metrics: WorkerMetrics | None = None, max_graphs: int = DEFAULT_MAX_GRAPHS) -> None:
         if kind not in ("onnx", "torchscript"):
             raise ValueError(f"runtime must be onnx or torchscript, got {kind!r}")
-        self.cache, self.kind, self.metrics = cache, kind, metrics
+        if max_graphs < 1:
+            raise ValueError(f"max_graphs must be at least 1, got {max_graphs}")
+        self.cache, self.kind, self.metrics, self.max_graphs = cache, kind, metrics, max_graphs
         self.providers = list(providers or default_providers())
-        self._graphs: dict[str, tuple[list[str], Callable[[dict[str, np.ndarray]], np.ndarray]]] = {}
+        self._graphs: OrderedDict[str, tuple[list[str], Callable[[dict[str, np.ndarray]], np.ndarray]]] = (
+            OrderedDict())
+
+    @property
+    def loaded(self) -> list[str]:
+        """Batch keys of the graphs in memory, least recently used first."""
+        return list(self._graphs)
 
     def forward(self, config: ModalityConfig, batch: dict[str, np.ndarray]) -> np.ndarray:
         key = config.key()
-        if key not in self._graphs:
+        if key in self._graphs:
+            self._graphs.move_to_end(key)
+        else:
+            self._unload(len(self._graphs) - self.max_graphs + 1)  # before loading: peak memory is max_graphs
             export, hit = self.cache.get(config)
             if self.metrics is not None:
                 (self.metrics.export_cache_hits if hit else self.metrics.export_cache_misses).inc()
             self._graphs[key] = self._load(export.directory, [i["name"] for i in export.manifest["inputs"]])
         names, run = self._graphs[key]
         return run({n: batch[n] for n in names})
+
+    def _unload(self, count: int) -> None:
+        if count <= 0:
+            return
+        for _ in range(count):
+            key = next(iter(self._graphs))
+            del self._graphs[key]  # the last reference: the session and its arena go with it
+            log.info("unloaded graph %s (max_graphs %d)", key, self.max_graphs)
+        if self.metrics is not None:
+            self.metrics.graphs_unloaded.inc(count)
+        _return_freed_memory()
 
     def _load(self, directory: Path, names: list[str]
               ) -> tuple[list[str], Callable[[dict[str, np.ndarray]], np.ndarray]]:
@@ -127,16 +162,33 @@ class ExportedBackend:
         return names, run
 
 
+def _return_freed_memory() -> None:
+    """Hand the heap that unloaded graphs freed back to the system.
+
+    glibc keeps freed memory mapped for reuse; measured on eight tiny-model sessions at batch 8, dropping them
+    all gave back 740 of their 1,200 MB without this and 1,100 MB with it. Other C libraries: nothing to do."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def session_options(threads: int = 0) -> ort.SessionOptions:
     """ONNX Runtime settings for serving: ``threads`` intra-op threads (0: one per core), spinning while a
-    forward runs and stopped as soon as it returns.
+    forward runs and stopped as soon as it returns, and no memory pattern.
 
     By default ORT's threads spin on after ``run()`` returns, waiting for more work; in a worker that work is
     a Redis round trip away, and the spinning takes the cores that Redis, the caller and the reply need.
-    ``python -m benchmarks.serving`` times a raw forward both ways."""
+    ``python -m benchmarks.serving`` times a raw forward both ways.
+
+    The memory pattern plans each input shape's activations as one block, allocated beside the arena the
+    first run of that shape filled: a session's memory grows by about half again on its second run. Without it,
+    the TreeSatAI-shaped tiny graph at batch 8 holds 560-595 MB instead of 780-824 MB, at the same speed
+    (alternating runs, off/on 1.00 at batch 1 and 8); ``python -m benchmarks.graphs`` shows a worker's total."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.add_session_config_entry("session.force_spinning_stop", "1")
+    opts.enable_mem_pattern = False
     return opts
 
 
@@ -158,12 +210,16 @@ class ModelRunner:
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, heads_dir: str | Path | None = None, runtime: str = "eager",
                         export_dir: str | Path | None = None, triton_url: str | None = None,
-                        triton_repository: str | Path | None = None) -> ModelRunner:
+                        triton_repository: str | Path | None = None,
+                        max_graphs: int = DEFAULT_MAX_GRAPHS) -> ModelRunner:
         """``runtime``: ``eager`` (PyTorch), ``onnx`` (ONNX Runtime, CUDA if present), ``torchscript``
         or ``triton`` (a Triton server at ``triton_url`` loading from ``triton_repository``); all but
-        eager export each configuration on first use into ``export_dir``."""
+        eager export each configuration on first use into ``export_dir``. ``onnx`` and ``torchscript``
+        keep at most ``max_graphs`` configurations loaded (Triton manages its own)."""
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+        if max_graphs < 1:
+            raise ValueError(f"max_graphs must be at least 1, got {max_graphs}")
         model = create_model(checkpoint=checkpoint)
         if runtime == "eager":
             return cls(model, heads_dir=heads_dir)
@@ -174,7 +230,7 @@ class ModelRunner:
             if not (triton_url and triton_repository):
                 raise ValueError("runtime 'triton' needs ANYSAT_TRITON_URL and ANYSAT_TRITON_REPOSITORY")
             return cls(model, TritonBackend(cache, triton_url, triton_repository), heads_dir=heads_dir)
-        return cls(model, ExportedBackend(cache, runtime), heads_dir=heads_dir)
+        return cls(model, ExportedBackend(cache, runtime, max_graphs=max_graphs), heads_dir=heads_dir)
 
     def attach_metrics(self, metrics: WorkerMetrics) -> None:
         """Called by the worker so export-cache hits and misses land in its metrics."""
@@ -212,13 +268,19 @@ def runner_from_env() -> ModelRunner:
     ``ANYSAT_HEADS_DIR`` (optional): directory of ``<name>.safetensors`` heads;
     ``ANYSAT_RUNTIME``: ``onnx`` (default), ``torchscript``, ``triton`` or ``eager``;
     ``ANYSAT_EXPORT_DIR``: the export cache (default ``~/.cache/anysat/exports``);
+    ``ANYSAT_MAX_GRAPHS``: configurations kept loaded by ``onnx`` / ``torchscript`` (default 4);
     ``ANYSAT_TRITON_URL``, ``ANYSAT_TRITON_REPOSITORY``: for the ``triton`` runtime.
     """
     checkpoint = os.environ.get("ANYSAT_CHECKPOINT")
     if not checkpoint:
         raise ValueError("ANYSAT_CHECKPOINT is not set: the worker needs an encoder checkpoint")
+    raw_max_graphs = os.environ.get("ANYSAT_MAX_GRAPHS", str(DEFAULT_MAX_GRAPHS))
+    if not raw_max_graphs.strip().isdigit() or int(raw_max_graphs) < 1:
+        raise ValueError(f"ANYSAT_MAX_GRAPHS must be a whole number >= 1, got {raw_max_graphs!r}")
+    max_graphs = int(raw_max_graphs)
     export_dir = default_export_dir()
     return ModelRunner.from_checkpoint(checkpoint, heads_dir=os.environ.get("ANYSAT_HEADS_DIR"),
                                        runtime=os.environ.get("ANYSAT_RUNTIME", "onnx"), export_dir=export_dir,
                                        triton_url=os.environ.get("ANYSAT_TRITON_URL"),
-                                       triton_repository=os.environ.get("ANYSAT_TRITON_REPOSITORY"))
+                                       triton_repository=os.environ.get("ANYSAT_TRITON_REPOSITORY"),
+                                       max_graphs=max_graphs)

@@ -18,8 +18,9 @@ from model import create_model
 from model.checkpoint import file_sha256
 from service.configuration import ModalityConfig
 from service.export import ExportCache, ExportError, example_inputs, export_configuration, main
+from service.metrics import WorkerMetrics
 from service.queue import RedisQueue
-from service.runtime import ExportedBackend, ModelRunner
+from service.runtime import ExportedBackend, ModelRunner, runner_from_env
 from service.settings import QueueSettings, WorkerSettings
 from service.worker import Worker
 
@@ -145,6 +146,45 @@ def test_worker_serves_onnx_through_redis(tiny, cache, small_export, redis_url, 
     finally:
         worker.stop()
         thread.join(timeout=30)
+
+
+def test_loaded_graphs_are_bounded_and_reloaded_from_disk(tiny, cache, small_export) -> None:
+    """Each configuration is a session with its own weights and arena; a worker keeps ``max_graphs`` of
+    them, least recently used unloaded first, and one needed again is reloaded from the export cache."""
+    other = ModalityConfig((("s2", 4),), patch_size=20)
+    other_request = {k: v[0].numpy() for k, v in example_inputs(other, batch=1, dates=5, seed=2).items()
+                     if not k.endswith("_date_mask")}
+    data = example_inputs(SMALL, batch=2, dates=6, seed=4)
+    requests = [_request(data, 0, 6), _request(data, 1, 3)]
+
+    metrics = WorkerMetrics()
+    backend = ExportedBackend(cache, "onnx", metrics=metrics, max_graphs=1)
+    runner = ModelRunner(tiny, backend)
+    first = runner.run(SMALL.key(), requests)
+    runner.run(other.key(), [other_request])  # exported now; SMALL unloaded to make room
+    assert backend.loaded == [other.key()]
+    again = runner.run(SMALL.key(), requests)
+    assert backend.loaded == [SMALL.key()]
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a["embedding"], b["embedding"])
+    assert metrics.graphs_unloaded._value.get() == 2
+    assert metrics.export_cache_hits._value.get() == 2  # SMALL loaded twice from disk, never re-exported
+    assert metrics.export_cache_misses._value.get() == 1
+
+    # Use, not load order, decides what goes next: after SMALL, other, SMALL the least recent is other.
+    backend = ExportedBackend(cache, "onnx", max_graphs=2)
+    runner = ModelRunner(tiny, backend)
+    for key in (SMALL.key(), other.key(), SMALL.key()):
+        runner.run(key, requests[:1] if key == SMALL.key() else [other_request])
+    assert backend.loaded == [other.key(), SMALL.key()]
+
+
+@pytest.mark.parametrize("value", ["0", "four"])
+def test_max_graphs_setting_is_checked_before_the_model_loads(value, monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("ANYSAT_CHECKPOINT", str(tmp_path / "not-read.safetensors"))
+    monkeypatch.setenv("ANYSAT_MAX_GRAPHS", value)
+    with pytest.raises(ValueError, match="ANYSAT_MAX_GRAPHS must be a whole number"):
+        runner_from_env()
 
 
 def test_triton_runtime_against_v2_server(tiny, cache, small_export, tmp_path) -> None:
