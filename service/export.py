@@ -13,17 +13,21 @@ Layout of one export directory::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import onnx
@@ -38,6 +42,10 @@ from model.sensors import SENSORS
 from service.configuration import ModalityConfig
 
 MAX_EXPORT_ERROR = 1e-4
+DEFAULT_CACHE_GB = 20.0
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 _ONNX_TO_TRITON = {"float32": "TYPE_FP32", "int64": "TYPE_INT64", "bool": "TYPE_BOOL"}
 
 
@@ -191,12 +199,19 @@ class ExportCache:
 
     Workers racing on one key each build in a private temp dir and rename; the loser discards its
     copy, so a reader only ever sees complete directories.
+
+    With ``max_bytes``, every export written is followed by a prune: the least recently used exports
+    (last looked up, recorded as their manifest's mtime) are removed until the cache fits, never the one
+    just written. Each is renamed out of place before it is deleted, so a reader finds a complete export
+    or none; ``open`` exports again when one disappears between its lookup and its load.
     """
 
-    def __init__(self, root: str | Path, model: AnySat, checkpoint_sha256: str) -> None:
+    def __init__(self, root: str | Path, model: AnySat, checkpoint_sha256: str, max_bytes: int | None = None) -> None:
+        if max_bytes is not None and max_bytes <= 0:
+            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.model, self.checkpoint_sha256 = model, checkpoint_sha256
+        self.model, self.checkpoint_sha256, self.max_bytes = model, checkpoint_sha256, max_bytes
 
     def path(self, config: ModalityConfig) -> Path:
         key = hashlib.sha256(f"{self.checkpoint_sha256}\n{config.key()}".encode()).hexdigest()[:24]
@@ -205,9 +220,68 @@ class ExportCache:
     def get(self, config: ModalityConfig) -> tuple[ExportResult, bool]:
         """Returns (export, hit)."""
         path = self.path(config)
-        if (path / "manifest.json").is_file():
-            return ExportResult(path, json.loads((path / "manifest.json").read_text())), True
-        return export_configuration(self.model, config, path, self.checkpoint_sha256), False
+        manifest = path / "manifest.json"
+        try:
+            text = manifest.read_text()
+        except FileNotFoundError:
+            pass
+        else:
+            with contextlib.suppress(OSError):  # a read-only cache is still a cache, only never pruned
+                os.utime(manifest)
+            return ExportResult(path, json.loads(text)), True
+        result = export_configuration(self.model, config, path, self.checkpoint_sha256)
+        if self.max_bytes is not None:
+            self.prune(self.max_bytes, keep=path)
+        return result, False
+
+    def open(self, config: ModalityConfig, load: Callable[[ExportResult], T]) -> tuple[T, bool]:
+        """``load(export)`` of the configuration's export, built first on a miss; returns (loaded, hit).
+
+        If another process pruned the export between the lookup and the load, it is exported again and
+        loaded once more; any other failure of ``load`` is raised as it is."""
+        export, hit = self.get(config)
+        try:
+            return load(export), hit
+        except Exception:
+            if (export.directory / "manifest.json").is_file():
+                raise
+            log.warning("export %s was removed while loading; exporting it again", export.directory.name)
+        export, hit = self.get(config)
+        return load(export), hit
+
+    def prune(self, max_bytes: int, keep: Path | None = None) -> list[Path]:
+        """Remove the least recently used exports until the cache holds at most ``max_bytes`` (never ``keep``);
+        returns the removed directories."""
+        entries = []
+        for directory in self.root.iterdir():
+            if directory.name.startswith(".") or directory == keep:  # exports in progress, removals in progress
+                continue
+            try:
+                used = (directory / "manifest.json").stat().st_mtime
+                size = _size(directory)
+            except FileNotFoundError:  # incomplete, or removed by another process meanwhile
+                continue
+            entries.append((used, directory, size))
+        excess = sum(size for *_, size in entries) + (_size(keep) if keep is not None else 0) - max_bytes
+        removed = []
+        for _used, directory, size in sorted(entries):
+            if excess <= 0:
+                break
+            trash = self.root / f".removed-{uuid.uuid4().hex}"
+            try:
+                os.rename(directory, trash)
+            except OSError:  # another process removed it first
+                continue
+            shutil.rmtree(trash, ignore_errors=True)
+            excess -= size
+            removed.append(directory)
+            log.info("removed export %s from the cache (%.0f MB; cache limit %.0f MB)", directory.name,
+                     size / 1e6, max_bytes / 1e6)
+        return removed
+
+
+def _size(directory: Path) -> int:
+    return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
 
 
 def list_exports(root: str | Path | None) -> list[dict[str, Any]]:
@@ -216,7 +290,12 @@ def list_exports(root: str | Path | None) -> list[dict[str, Any]]:
         return []
     out = []
     for manifest in sorted(Path(root).glob("*/manifest.json")):
-        m = json.loads(manifest.read_text())
+        if manifest.parent.name.startswith("."):  # an export being built or removed
+            continue
+        try:
+            m = json.loads(manifest.read_text())
+        except FileNotFoundError:  # pruned meanwhile
+            continue
         out.append({"name": m["name"], "configuration": m["configuration"],
                     "checkpoint_sha256": m["checkpoint_sha256"], "max_abs_error_vs_eager": m["max_abs_error_vs_eager"]})
     return out

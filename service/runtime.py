@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import dataclasses
 import logging
+import math
 import os
 import sys
 from collections import OrderedDict
@@ -33,7 +34,7 @@ from model.heads import Head, load_head
 from model.normalize import standardize
 from model.sensors import SENSORS
 from service.configuration import ModalityConfig
-from service.export import ExportCache, default_export_dir
+from service.export import DEFAULT_CACHE_GB, ExportCache, default_export_dir
 from service.metrics import WorkerMetrics
 from service.payload import STATS_SUFFIX
 from service.triton_backend import TritonBackend
@@ -130,10 +131,10 @@ class ExportedBackend:
             self._graphs.move_to_end(key)
         else:
             self._unload(len(self._graphs) - self.max_graphs + 1)  # before loading: peak memory is max_graphs
-            export, hit = self.cache.get(config)
+            self._graphs[key], hit = self.cache.open(
+                config, lambda export: self._load(export.directory, [i["name"] for i in export.manifest["inputs"]]))
             if self.metrics is not None:
                 (self.metrics.export_cache_hits if hit else self.metrics.export_cache_misses).inc()
-            self._graphs[key] = self._load(export.directory, [i["name"] for i in export.manifest["inputs"]])
         names, run = self._graphs[key]
         return run({n: batch[n] for n in names})
 
@@ -210,12 +211,13 @@ class ModelRunner:
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, heads_dir: str | Path | None = None, runtime: str = "eager",
                         export_dir: str | Path | None = None, triton_url: str | None = None,
-                        triton_repository: str | Path | None = None,
-                        max_graphs: int = DEFAULT_MAX_GRAPHS) -> ModelRunner:
+                        triton_repository: str | Path | None = None, max_graphs: int = DEFAULT_MAX_GRAPHS,
+                        cache_max_bytes: int | None = None) -> ModelRunner:
         """``runtime``: ``eager`` (PyTorch), ``onnx`` (ONNX Runtime, CUDA if present), ``torchscript``
         or ``triton`` (a Triton server at ``triton_url`` loading from ``triton_repository``); all but
         eager export each configuration on first use into ``export_dir``. ``onnx`` and ``torchscript``
-        keep at most ``max_graphs`` configurations loaded (Triton manages its own)."""
+        keep at most ``max_graphs`` configurations loaded (Triton manages its own); the export cache is pruned to
+        ``cache_max_bytes`` (None: unbounded)."""
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
         if max_graphs < 1:
@@ -225,7 +227,7 @@ class ModelRunner:
             return cls(model, heads_dir=heads_dir)
         if export_dir is None:
             raise ValueError(f"runtime {runtime!r} needs an export directory (ANYSAT_EXPORT_DIR)")
-        cache = ExportCache(export_dir, model, file_sha256(checkpoint))
+        cache = ExportCache(export_dir, model, file_sha256(checkpoint), max_bytes=cache_max_bytes)
         if runtime == "triton":
             if not (triton_url and triton_repository):
                 raise ValueError("runtime 'triton' needs ANYSAT_TRITON_URL and ANYSAT_TRITON_REPOSITORY")
@@ -268,6 +270,7 @@ def runner_from_env() -> ModelRunner:
     ``ANYSAT_HEADS_DIR`` (optional): directory of ``<name>.safetensors`` heads;
     ``ANYSAT_RUNTIME``: ``onnx`` (default), ``torchscript``, ``triton`` or ``eager``;
     ``ANYSAT_EXPORT_DIR``: the export cache (default ``~/.cache/anysat/exports``);
+    ``ANYSAT_EXPORT_CACHE_GB``: its size limit, least recently used exports removed first (default 20);
     ``ANYSAT_MAX_GRAPHS``: configurations kept loaded by ``onnx`` / ``torchscript`` (default 4);
     ``ANYSAT_TRITON_URL``, ``ANYSAT_TRITON_REPOSITORY``: for the ``triton`` runtime.
     """
@@ -278,9 +281,16 @@ def runner_from_env() -> ModelRunner:
     if not raw_max_graphs.strip().isdigit() or int(raw_max_graphs) < 1:
         raise ValueError(f"ANYSAT_MAX_GRAPHS must be a whole number >= 1, got {raw_max_graphs!r}")
     max_graphs = int(raw_max_graphs)
+    raw_cache_gb = os.environ.get("ANYSAT_EXPORT_CACHE_GB", str(DEFAULT_CACHE_GB))
+    try:
+        cache_gb = float(raw_cache_gb)
+    except ValueError:
+        cache_gb = math.nan
+    if not cache_gb > 0 or math.isinf(cache_gb):
+        raise ValueError(f"ANYSAT_EXPORT_CACHE_GB must be a positive number of GB, got {raw_cache_gb!r}")
     export_dir = default_export_dir()
     return ModelRunner.from_checkpoint(checkpoint, heads_dir=os.environ.get("ANYSAT_HEADS_DIR"),
                                        runtime=os.environ.get("ANYSAT_RUNTIME", "onnx"), export_dir=export_dir,
                                        triton_url=os.environ.get("ANYSAT_TRITON_URL"),
                                        triton_repository=os.environ.get("ANYSAT_TRITON_REPOSITORY"),
-                                       max_graphs=max_graphs)
+                                       max_graphs=max_graphs, cache_max_bytes=int(cache_gb * 1e9))

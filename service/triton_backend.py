@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from service.configuration import ModalityConfig
-from service.export import ExportCache
+from service.export import ExportCache, ExportResult
 from service.metrics import WorkerMetrics
 
 
@@ -43,14 +43,16 @@ class TritonBackend:
     def _model(self, config: ModalityConfig) -> tuple[str, list[str], str]:
         key = config.key()
         if key not in self._models:
-            export, hit = self.cache.get(config)
+            self._models[key], hit = self.cache.open(config, self._load)
             if self.metrics is not None:
                 (self.metrics.export_cache_hits if hit else self.metrics.export_cache_misses).inc()
-            m = export.manifest
-            self._publish(export.directory / "triton" / m["name"])
-            self.client.load_model(m["name"])
-            self._models[key] = (m["name"], [i["name"] for i in m["inputs"]], m["outputs"][0]["name"])
         return self._models[key]
+
+    def _load(self, export: ExportResult) -> tuple[str, list[str], str]:
+        m = export.manifest
+        self._publish(export.directory / "triton" / m["name"])
+        self.client.load_model(m["name"])
+        return m["name"], [i["name"] for i in m["inputs"]], m["outputs"][0]["name"]
 
     def _publish(self, source: Path) -> None:
         """Copy a model folder into Triton's repository atomically (Triton may be scanning it)."""

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
+import shutil
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,7 @@ from model_fixtures import OFFICIAL_TINY
 from model import create_model
 from model.checkpoint import file_sha256
 from service.configuration import ModalityConfig
-from service.export import ExportCache, ExportError, example_inputs, export_configuration, main
+from service.export import ExportCache, ExportError, example_inputs, export_configuration, list_exports, main
 from service.metrics import WorkerMetrics
 from service.queue import RedisQueue
 from service.runtime import ExportedBackend, ModelRunner, runner_from_env
@@ -105,6 +108,66 @@ def test_cache_race_between_processes_leaves_one_complete_export(tmp_path) -> No
     assert hit
 
 
+def _fake_export(directory: Path, size: int, used: float) -> None:
+    """The on-disk shape of an export (manifest + artefact bytes), last used at ``used``: enough for pruning."""
+    directory.mkdir(parents=True)
+    (directory / "model.onnx").write_bytes(b"\0" * size)
+    manifest = directory / "manifest.json"
+    manifest.write_text(json.dumps({"name": directory.name, "configuration": {}, "checkpoint_sha256": "sha",
+                                    "max_abs_error_vs_eager": {}}))
+    os.utime(manifest, (used, used))
+
+
+def test_cache_prune_removes_least_recently_used_exports(tiny, tmp_path) -> None:
+    cache = ExportCache(tmp_path, tiny, "sha")
+    for name, used in (("a", 100), ("b", 200), ("c", 300), ("d", 400)):
+        _fake_export(tmp_path / name, 10_000, used)
+    _fake_export(tmp_path / ".a.in-progress", 50_000, 50)  # an export being built: never counted nor removed
+    size = sum(f.stat().st_size for f in (tmp_path / "a").iterdir())
+
+    removed = cache.prune(2 * size, keep=tmp_path / "a")  # "a" was just written, though its mtime is oldest
+    assert [p.name for p in removed] == ["b", "c"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".a.in-progress", "a", "d"]  # nothing half-removed left
+    assert [e["name"] for e in list_exports(tmp_path)] == ["a", "d"]
+    assert cache.prune(2 * size) == []  # fits already
+
+
+def test_cache_hit_counts_as_use(tiny, tmp_path) -> None:
+    cache = ExportCache(tmp_path, tiny, "sha")
+    _fake_export(cache.path(SMALL), 10, used=100)
+    export, hit = cache.get(SMALL)
+    assert hit and export.directory == cache.path(SMALL)
+    assert (cache.path(SMALL) / "manifest.json").stat().st_mtime > time.time() - 60
+
+
+def test_export_removed_between_lookup_and_load_is_built_again(tiny, small_export, tmp_path) -> None:
+    """Another worker's prune can land between a lookup and the session load; the load must not fail."""
+
+    class PrunedAfterLookup(ExportCache):
+        def get(self, config):
+            export, hit = super().get(config)
+            if hit and not self.pruned:  # what another process's prune does: rename away, then delete
+                self.pruned = True
+                os.rename(export.directory, self.root / ".removed-by-another-worker")
+                shutil.rmtree(self.root / ".removed-by-another-worker")
+            return export, hit
+
+    # A limit below one export: writing one prunes everything else, never the export just written.
+    cache = PrunedAfterLookup(tmp_path, tiny, file_sha256(OFFICIAL_TINY), max_bytes=1)
+    cache.pruned = False
+    shutil.copytree(small_export.directory, cache.path(SMALL))
+    _fake_export(tmp_path / "older", 10, used=100)
+    metrics = WorkerMetrics()
+    runner = ModelRunner(tiny, ExportedBackend(cache, "onnx", metrics=metrics))
+    data = example_inputs(SMALL, batch=1, dates=5, seed=6)
+    request = _request(data, 0, 5)
+    [result] = runner.run(SMALL.key(), [request])
+    assert cache.pruned and (cache.path(SMALL) / "manifest.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == [cache.path(SMALL).name]  # "older" pruned, nothing left over
+    assert np.abs(result["embedding"] - _solo(tiny, request)).max() < 2e-5
+    assert metrics.export_cache_misses._value.get() == 1 and metrics.export_cache_hits._value.get() == 0
+
+
 def _request(data: dict[str, torch.Tensor], row: int, dates: int) -> dict[str, np.ndarray]:
     return {"s2": data["s2"][row, :dates].numpy(), "s2_dates": data["s2_dates"][row, :dates].numpy(),
             "s1-asc": data["s1-asc"][row].numpy(), "s1-asc_dates": data["s1-asc_dates"][row].numpy()}
@@ -179,11 +242,15 @@ def test_loaded_graphs_are_bounded_and_reloaded_from_disk(tiny, cache, small_exp
     assert backend.loaded == [other.key(), SMALL.key()]
 
 
-@pytest.mark.parametrize("value", ["0", "four"])
-def test_max_graphs_setting_is_checked_before_the_model_loads(value, monkeypatch, tmp_path) -> None:
+@pytest.mark.parametrize(("name", "value", "expected"), [
+    ("ANYSAT_MAX_GRAPHS", "0", "a whole number >= 1"), ("ANYSAT_MAX_GRAPHS", "four", "a whole number >= 1"),
+    ("ANYSAT_EXPORT_CACHE_GB", "0", "a positive number of GB"), ("ANYSAT_EXPORT_CACHE_GB", "lots", "a positive"),
+    ("ANYSAT_EXPORT_CACHE_GB", "inf", "a positive"),
+])
+def test_worker_limits_are_checked_before_the_model_loads(name, value, expected, monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("ANYSAT_CHECKPOINT", str(tmp_path / "not-read.safetensors"))
-    monkeypatch.setenv("ANYSAT_MAX_GRAPHS", value)
-    with pytest.raises(ValueError, match="ANYSAT_MAX_GRAPHS must be a whole number"):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=f"{name} must be {expected}"):
         runner_from_env()
 
 
