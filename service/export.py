@@ -229,7 +229,10 @@ class ExportCache:
             with contextlib.suppress(OSError):  # a read-only cache is still a cache, only never pruned
                 os.utime(manifest)
             return ExportResult(path, json.loads(text)), True
+        log.info("exporting %s into %s (its first request waits for this export)",
+                 config.key(), path)
         result = export_configuration(self.model, config, path, self.checkpoint_sha256)
+        log.info("exported %s in %s s", path.name, result.manifest.get("export_seconds"))
         if self.max_bytes is not None:
             self.prune(self.max_bytes, keep=path)
         return result, False

@@ -220,8 +220,6 @@ class ModelRunner:
         ``cache_max_bytes`` (None: unbounded)."""
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
-        if max_graphs < 1:
-            raise ValueError(f"max_graphs must be at least 1, got {max_graphs}")
         model = create_model(checkpoint=checkpoint)
         if runtime == "eager":
             return cls(model, heads_dir=heads_dir)
