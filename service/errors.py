@@ -1,8 +1,8 @@
 """Typed failures at the queue boundary; the gateway maps each to one HTTP status.
 
 Suggested mapping: ``Overloaded`` -> 429 + Retry-After, ``ResultTimeout`` and
-``RequestTimedOut`` -> 504, ``BadRequest`` -> 422, ``DeadLettered`` / ``PayloadMissing`` /
-``InternalError`` -> 500.
+``RequestTimedOut`` -> 504, ``BadRequest`` -> 422, ``ModelUnavailable`` -> 503, ``DeadLettered`` /
+``PayloadMissing`` / ``InternalError`` -> 500.
 """
 
 from __future__ import annotations
@@ -18,6 +18,13 @@ class ErrorKind(str, Enum):
     BAD_REQUEST = "bad_request"  # the runner raised on this request alone
     PAYLOAD_MISSING = "payload_missing"  # its tensors expired before a worker read them
     INTERNAL = "internal_error"  # the worker could not encode the model's result
+    MODEL_UNAVAILABLE = "model_unavailable"  # the graph of its configuration could not be built or loaded
+
+
+class GraphUnavailable(RuntimeError):
+    """Raised by a runner when a batch key's graph cannot be built or loaded (export failed, files unreadable,
+    model server down): no request of the batch is at fault, so the worker fails the batch as a whole instead
+    of rerunning its requests one by one (each rerun would try the export again)."""
 
 
 class QueueError(Exception):
@@ -75,6 +82,10 @@ class PayloadMissing(RequestFailed):
     """Its tensors were gone (expired) by the time a worker read it."""
 
 
+class ModelUnavailable(RequestFailed):
+    """The worker could not build or load the model graph of this request's configuration; retry later."""
+
+
 class InternalError(RequestFailed):
     """The worker failed on its side (e.g. the model returned something unencodable)."""
 
@@ -85,6 +96,7 @@ _BY_KIND: dict[ErrorKind, type[RequestFailed]] = {
     ErrorKind.BAD_REQUEST: BadRequest,
     ErrorKind.PAYLOAD_MISSING: PayloadMissing,
     ErrorKind.INTERNAL: InternalError,
+    ErrorKind.MODEL_UNAVAILABLE: ModelUnavailable,
 }
 
 

@@ -40,9 +40,13 @@ from model.export import OPSET, PlannedAnySat, export_onnx, traceable_example, w
 from model.inputs import plan_inputs
 from model.sensors import SENSORS
 from service.configuration import ModalityConfig
+from service.errors import GraphUnavailable
 
 MAX_EXPORT_ERROR = 1e-4
 DEFAULT_CACHE_GB = 20.0
+# After a configuration's export or load fails, its requests fail at once for this long: a failure that
+# recurs would otherwise cost an export attempt per batch (tens of seconds to minutes each).
+RETRY_FAILED_S = 60.0
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -71,6 +75,11 @@ def example_inputs(config: ModalityConfig, batch: int = 1, dates: int = 6, seed:
 class ExportResult:
     directory: Path
     manifest: dict[str, Any]
+
+
+def check_configuration(config: ModalityConfig) -> None:
+    """Raise ``ValueError`` naming what is wrong if the model cannot take ``config`` (sizes, extents, patch)."""
+    plan_inputs(traceable_example(example_inputs(config)), config.patch_size, config.output, config.output_modality)
 
 
 def export_configuration(model: AnySat, config: ModalityConfig, out_dir: str | Path, checkpoint_sha256: str,
@@ -200,18 +209,24 @@ class ExportCache:
     Workers racing on one key each build in a private temp dir and rename; the loser discards its
     copy, so a reader only ever sees complete directories.
 
+    ``open`` is what runners use: it loads an export, building it on a miss, and tells a bad configuration
+    (``ValueError``) from a graph that cannot be built or loaded (``GraphUnavailable``).
+
     With ``max_bytes``, every export written is followed by a prune: the least recently used exports
     (last looked up, recorded as their manifest's mtime) are removed until the cache fits, never the one
     just written. Each is renamed out of place before it is deleted, so a reader finds a complete export
     or none; ``open`` exports again when one disappears between its lookup and its load.
     """
 
-    def __init__(self, root: str | Path, model: AnySat, checkpoint_sha256: str, max_bytes: int | None = None) -> None:
+    def __init__(self, root: str | Path, model: AnySat, checkpoint_sha256: str, max_bytes: int | None = None,
+                 retry_failed_s: float = RETRY_FAILED_S) -> None:
         if max_bytes is not None and max_bytes <= 0:
             raise ValueError(f"max_bytes must be positive, got {max_bytes}")
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.model, self.checkpoint_sha256, self.max_bytes = model, checkpoint_sha256, max_bytes
+        self.retry_failed_s = retry_failed_s
+        self._failed: dict[str, tuple[float, str]] = {}  # batch key -> (monotonic time of the failure, why)
 
     def path(self, config: ModalityConfig) -> Path:
         key = hashlib.sha256(f"{self.checkpoint_sha256}\n{config.key()}".encode()).hexdigest()[:24]
@@ -240,8 +255,28 @@ class ExportCache:
     def open(self, config: ModalityConfig, load: Callable[[ExportResult], T]) -> tuple[T, bool]:
         """``load(export)`` of the configuration's export, built first on a miss; returns (loaded, hit).
 
-        If another process pruned the export between the lookup and the load, it is exported again and
-        loaded once more; any other failure of ``load`` is raised as it is."""
+        Raises ``ValueError`` if the model cannot take the configuration at all (the requests' fault), and
+        ``GraphUnavailable`` if its graph cannot be built or loaded (not theirs); for ``retry_failed_s`` after such
+        a failure, ``open`` fails at once with the same reason instead of exporting again. If another process
+        pruned the export between the lookup and the load, it is exported again and loaded once more."""
+        check_configuration(config)
+        key, now = config.key(), time.monotonic()
+        failed = self._failed.get(key)
+        if failed is not None and now - failed[0] < self.retry_failed_s:
+            raise GraphUnavailable(f"{failed[1]} (failed {now - failed[0]:.0f} s ago; retried "
+                                   f"{self.retry_failed_s:g} s after the failure)")
+        try:
+            loaded = self._open(config, load)
+        except Exception as exc:
+            why = f"could not build or load the graph of this configuration: {type(exc).__name__}: {exc}"
+            self._failed = {k: v for k, v in self._failed.items() if now - v[0] < self.retry_failed_s}
+            self._failed[key] = (now, why)
+            log.error("%s: %s", key, why)
+            raise GraphUnavailable(why) from exc
+        self._failed.pop(key, None)
+        return loaded
+
+    def _open(self, config: ModalityConfig, load: Callable[[ExportResult], T]) -> tuple[T, bool]:
         export, hit = self.get(config)
         try:
             return load(export), hit

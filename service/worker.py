@@ -5,7 +5,8 @@ need no other coordination. Its guarantees:
 
 - A batch holds one batch key; it is cut by ``Batcher`` (size or wait, oldest key first).
 - If the runner raises on a batch, each request is rerun alone; only those that still fail get
-  ``bad_request``. Nothing a request contains can end the loop.
+  ``bad_request``. Nothing a request contains can end the loop. A runner that cannot build or load the
+  batch key's graph raises ``GraphUnavailable``: the whole batch gets ``model_unavailable`` at once.
 - Requests whose deadline passed are answered ``timed_out`` and never run.
 - Entries reclaimed from a dead worker are run alone: one of them may be what killed it, and
   alone it can only take itself down (until ``max_deliveries`` dead-letters it).
@@ -32,7 +33,7 @@ import redis
 from pydantic import BaseModel, ValidationError
 
 from service.batching import Batcher, Runner
-from service.errors import ErrorKind
+from service.errors import ErrorKind, GraphUnavailable
 from service.heartbeat import Heartbeat, WorkerInfo, live_workers
 from service.metrics import WorkerMetrics
 from service.queue import Err, Ok, QueuedRequest, RedisQueue, Reply, connect
@@ -219,6 +220,9 @@ class Worker:
             results = self.runner.run(batch_key, inputs)  # type: ignore[arg-type]
             if len(results) != len(batch):
                 raise RuntimeError(f"runner returned {len(results)} results for {len(batch)} requests")
+        except GraphUnavailable as exc:
+            log.error("batch of %d (%s) not run: %s", len(batch), batch_key, exc)
+            return [Err(ErrorKind.MODEL_UNAVAILABLE, str(exc)) for _ in batch]
         except Exception as exc:
             if len(batch) == 1:
                 log.info("request %s failed: %r", batch[0].request_id, exc)

@@ -3,7 +3,8 @@
 ``y = x * 2``; each result also reports the batch it ran in (``batch_id``, ``batch_size``), a
 CRC of the batch key the runner was given, and the worker's pid, so tests can check batch
 composition and who answered. Inputs with a ``poison`` tensor raise; a ``crash`` tensor kills the
-whole process (SIGKILL), as a segfaulting model would.
+whole process (SIGKILL), as a segfaulting model would; an ``unavailable`` tensor makes the batch's graph
+unavailable (``GraphUnavailable``), as a failed export would.
 
 Worker processes build it with ``--runner runners:make_runner``; ``ANYSAT_TEST_SLEEP_S`` sets a
 per-batch delay, and ``ANYSAT_TEST_MARK_DIR`` a directory where each batch drops a file on entry.
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from service.errors import GraphUnavailable
+
 
 class DoublingRunner:
     def __init__(self, sleep_s: float = 0.0, mark_dir: str | None = None) -> None:
@@ -34,6 +37,8 @@ class DoublingRunner:
             self.calls.append((batch_key, len(requests)))
         if any("crash" in r for r in requests):
             os.kill(os.getpid(), signal.SIGKILL)
+        if any("unavailable" in r for r in requests):
+            raise GraphUnavailable("could not build or load the graph of this configuration: export failed")
         if any("poison" in r for r in requests):
             raise ValueError("poison pill in this request")
         batch_id = uuid.uuid4().int >> 65  # fits int64

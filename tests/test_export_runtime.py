@@ -20,6 +20,7 @@ from model_fixtures import OFFICIAL_TINY
 from model import create_model
 from model.checkpoint import file_sha256
 from service.configuration import ModalityConfig
+from service.errors import GraphUnavailable
 from service.export import ExportCache, ExportError, example_inputs, export_configuration, list_exports, main
 from service.metrics import WorkerMetrics
 from service.queue import RedisQueue
@@ -252,6 +253,31 @@ def test_worker_limits_are_checked_before_the_model_loads(name, value, expected,
     monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match=f"{name} must be {expected}"):
         runner_from_env()
+
+
+def test_unloadable_graph_fails_at_once_until_retried(tiny, small_export, tmp_path) -> None:
+    """A graph that cannot be built or loaded is a server fault (GraphUnavailable), remembered for
+    ``retry_failed_s`` so that every batch does not pay another export attempt; a configuration the model cannot
+    take at all stays the requests' fault (ValueError)."""
+    cache = ExportCache(tmp_path, tiny, file_sha256(OFFICIAL_TINY))
+    cache.path(SMALL).write_text("not an export")  # a file where the export directory belongs: unreadable
+    runner = ModelRunner(tiny, ExportedBackend(cache, "onnx"))
+    data = example_inputs(SMALL, batch=1, dates=4, seed=8)
+    request = _request(data, 0, 4)
+    with pytest.raises(GraphUnavailable, match=r"could not build or load .* NotADirectoryError"):
+        runner.run(SMALL.key(), [request])
+
+    cache.path(SMALL).unlink()
+    shutil.copytree(small_export.directory, cache.path(SMALL))  # repaired, but the failure is remembered
+    with pytest.raises(GraphUnavailable, match=r"NotADirectoryError.*failed 0 s ago; retried 60 s after"):
+        runner.run(SMALL.key(), [request])
+    cache.retry_failed_s = 0.0
+    [result] = runner.run(SMALL.key(), [request])
+    assert np.abs(result["embedding"] - _solo(tiny, request)).max() < 2e-5
+
+    bad = ModalityConfig((("s2", 6), ("s1-asc", 6)), patch_size=40)
+    with pytest.raises(ValueError, match="does not divide the tile side"):
+        runner.run(bad.key(), [request])
 
 
 def test_triton_runtime_against_v2_server(tiny, cache, small_export, tmp_path) -> None:

@@ -1,5 +1,6 @@
 """Malformed requests, table-driven: each gets the right 4xx and a message naming the field or limit.
-Never a 5xx, never a hang (every call has a timeout), and the worker keeps serving afterwards."""
+Never a 5xx, never a hang (every call has a timeout), and the worker keeps serving afterwards. Last, the one
+server-side fault a worker reports per configuration: a graph it cannot build or load (503)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import base64
 import io
 import json
 import struct
+import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,8 +17,14 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-from gateway_fixtures import SEG_HEAD, Service
+from gateway_fixtures import SEG_HEAD, Service, WorkerPool, serving, wait_ready
 from rasterio.io import MemoryFile
+
+from model import create_model
+from service.app import create_app
+from service.export import ExportCache
+from service.gateway_settings import GatewaySettings
+from service.runtime import ExportedBackend, ModelRunner
 
 CRS = "EPSG:32632"
 
@@ -186,3 +195,33 @@ def test_still_serving_after_bad_requests(gateway_service: Service) -> None:
     assert r.json()["tiles"][0]["embedding"]["shape"] == [256]
     with rasterio.open(io.BytesIO(S2_TIF)) as src:
         assert src.count == 20
+
+
+def test_configuration_whose_graph_cannot_load_is_503_and_the_gateway_stays_up(
+    redis_url: str, reference_dir: Path, tmp_path: Path
+) -> None:
+    """A server fault, not the input's: 503 naming the cause, answered at once the second time (the failure is
+    remembered, not retried per request), and the gateway stays ready. Real uvicorn, Redis, worker, ORT backend."""
+    checkpoint = reference_dir / "anysat_tiny_seed0.pth"
+    model = create_model(checkpoint=checkpoint)
+    cache = ExportCache(tmp_path / "exports", model, "sha")
+    (tmp_path / "exports").rmdir()
+    (tmp_path / "exports").write_text("a file where the export cache belongs")
+    prefix = f"u{uuid.uuid4().hex[:8]}"
+    settings = GatewaySettings(redis_url=redis_url, queue_prefix=prefix, checkpoint=checkpoint,
+                               _env_file=None)  # type: ignore[call-arg]
+    pool = WorkerPool(redis_url, prefix, ModelRunner(model, ExportedBackend(cache, "onnx")))
+    pool.start(1)
+    try:
+        with serving(create_app(settings)) as url:
+            wait_ready(url)
+            messages = []
+            for _ in range(2):
+                r = httpx.post(f"{url}/v1/embeddings", json=body(), timeout=60)
+                assert r.status_code == 503, r.text
+                assert r.json()["error"]["code"] == "model_unavailable"
+                messages.append(r.json()["error"]["message"])
+            assert "NotADirectoryError" in messages[0] and "failed 0 s ago" in messages[1]
+            assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+    finally:
+        pool.stop()

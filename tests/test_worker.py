@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from runners import DoublingRunner
 
 from service.batching import Batcher
-from service.errors import BadRequest, DeadLettered, RequestFailed, RequestTimedOut
+from service.errors import BadRequest, DeadLettered, ModelUnavailable, RequestFailed, RequestTimedOut
 from service.heartbeat import live_workers
 from service.metrics import WorkerMetrics, multiprocess_registry
 from service.queue import QueuedRequest, RedisQueue
@@ -220,6 +220,23 @@ def test_bad_request_fails_alone_and_worker_survives(
     assert runner.calls[0] == ("k", 9)  # the whole batch failed once, then each ran alone
     after = q.enqueue("k", x_of(5), deadline_s=10)
     assert "y" in q.wait_result(after, 10)
+
+
+def test_unavailable_graph_fails_the_batch_at_once_and_worker_survives(
+    start_worker: Callable[..., tuple[Worker, DoublingRunner]], redis_client: redis.Redis, key_prefix: str
+) -> None:
+    """No request is at fault when a configuration's graph cannot be built: one call, one answer for all,
+    instead of a rerun per request (each of which would try the export again)."""
+    q = RedisQueue(redis_client, QueueSettings(prefix=key_prefix))
+    ids = [q.enqueue("k", {**x_of(i), "unavailable": np.ones(1)}, deadline_s=10) for i in range(3)]
+    worker, runner = start_worker(max_batch_size=16, max_wait_ms=50)
+    for rid in ids:
+        with pytest.raises(ModelUnavailable, match="export failed"):
+            q.wait_result(rid, 10)
+    assert runner.calls == [("k", 3)]
+    after = q.enqueue("k", x_of(5), deadline_s=10)
+    assert "y" in q.wait_result(after, 10)
+    assert worker.metrics.requests.labels(outcome="model_unavailable")._value.get() == 3
 
 
 def test_expired_requests_are_answered_timed_out_not_run(

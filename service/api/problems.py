@@ -96,6 +96,13 @@ class Unavailable(ApiError):
     code = "unavailable"
 
 
+class ModelUnavailableError(ApiError):
+    """A worker could not build or load the graph of the request's configuration (a server fault, not the input's)."""
+
+    status = 503
+    code = "model_unavailable"
+
+
 class DeadlineExceeded(ApiError):
     status = 504
     code = "deadline_exceeded"
@@ -122,6 +129,8 @@ def from_queue_error(exc: Exception) -> ApiError:
         return DeadlineExceeded("", f"request deadline passed: {exc}")
     if isinstance(exc, queue_errors.BadRequest):
         return InputError("", f"the model rejected this input: {exc.message}")
+    if isinstance(exc, queue_errors.ModelUnavailable):
+        return ModelUnavailableError("", f"this configuration cannot be served right now: {exc.message}")
     if isinstance(exc, queue_errors.RequestFailed):
         return WorkerFailed("", str(exc))
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
