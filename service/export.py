@@ -269,8 +269,9 @@ class ExportCache:
             loaded = self._open(config, load)
         except Exception as exc:
             why = f"could not build or load the graph of this configuration: {type(exc).__name__}: {exc}"
-            self._failed = {k: v for k, v in self._failed.items() if now - v[0] < self.retry_failed_s}
-            self._failed[key] = (now, why)
+            failed_at = time.monotonic()  # not ``now``: a failed export can take minutes
+            self._failed = {k: v for k, v in self._failed.items() if failed_at - v[0] < self.retry_failed_s}
+            self._failed[key] = (failed_at, why)
             log.error("%s: %s", key, why)
             raise GraphUnavailable(why) from exc
         self._failed.pop(key, None)
