@@ -174,7 +174,7 @@ def _io(value: onnx.ValueInfoProto) -> dict[str, Any]:
 def _triton_repository(root: Path, name: str, manifest: dict[str, Any]) -> None:
     """A Triton model repository: the ONNX graph with dynamic batching on the leading axis."""
     (root / name / "1").mkdir(parents=True)
-    shutil.copy(root.parent / "model.onnx", root / name / "1" / "model.onnx")
+    _link_or_copy(root.parent / "model.onnx", root / name / "1" / "model.onnx")
 
     def tensor(io: dict[str, Any]) -> str:
         dims = ", ".join("-1" if isinstance(d, str) else str(d) for d in io["shape"][1:])
@@ -190,6 +190,15 @@ def _triton_repository(root: Path, name: str, manifest: dict[str, Any]) -> None:
         "",
     ])
     (root / name / "config.pbtxt").write_text(text)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    # Exports are never modified once written, so the Triton repository's graph can share the file: half the
+    # ONNX bytes on disk (0.5 GB per configuration for the base model). Copied where links are not supported.
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy(source, target)
 
 
 def _publish(tmp: Path, out_dir: Path) -> None:
@@ -320,7 +329,9 @@ class ExportCache:
 
 
 def _size(directory: Path) -> int:
-    return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
+    """Bytes on disk, each hard-linked file once."""
+    files = {(st.st_dev, st.st_ino): st.st_size for st in (f.stat() for f in directory.rglob("*") if f.is_file())}
+    return sum(files.values())
 
 
 def list_exports(root: str | Path | None) -> list[dict[str, Any]]:

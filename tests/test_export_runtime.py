@@ -58,8 +58,10 @@ def test_export_writes_all_artefacts_and_manifest(small_export) -> None:
     assert 0 < m["max_abs_error_vs_fp64"]["eager"] < 1e-5
     config = (d / "triton" / m["name"] / "config.pbtxt").read_text()
     assert "dynamic_batching" in config and 'platform: "onnxruntime_onnx"' in config
-    # The Triton copy is self-contained (no external-data side file) and runs.
-    session = ort.InferenceSession(str(d / "triton" / m["name"] / "1" / "model.onnx"))
+    # The Triton copy is self-contained (no external-data side file) and runs; it shares the export's file.
+    triton_graph = d / "triton" / m["name"] / "1" / "model.onnx"
+    assert triton_graph.stat().st_ino == (d / "model.onnx").stat().st_ino
+    session = ort.InferenceSession(str(triton_graph))
     data = example_inputs(SMALL, batch=3, dates=4)
     out = session.run(None, {i.name: data[i.name].numpy() for i in session.get_inputs()})[0]
     assert out.shape == (3, 10, 256)
