@@ -361,10 +361,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True, help="official AnySat .pth or our .safetensors")
     parser.add_argument("--config", required=True, type=Path,
                         help='JSON: {"modalities": [["aerial", 300], ["s2", 6]], "patch_size": 20, "output": "tile"}')
-    parser.add_argument("--out", required=True, type=Path, help="output directory (must not exist)")
-    parser.add_argument("--max-error", type=float, default=MAX_EXPORT_ERROR)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", type=Path, help="output directory (must not exist)")
+    where.add_argument("--cache", type=Path, nargs="?", const=default_export_dir(), metavar="DIR",
+                       help="into the workers' export cache instead, where they look it up for this checkpoint "
+                            f"(default DIR: $ANYSAT_EXPORT_DIR or ~/.cache/anysat/exports, now {default_export_dir()}),"
+                            " so no request waits for it")
+    parser.add_argument("--max-error", type=float, default=None,
+                        help=f"largest error against eager PyTorch (default {MAX_EXPORT_ERROR:g}; --out only: "
+                             "workers accept exports at the default)")
     args = parser.parse_args(argv)
-    if args.out.exists():
+    if args.cache is not None and args.max_error is not None:
+        parser.error("--max-error applies to --out only: the workers' cache holds exports checked at the default")
+    if args.out is not None and args.out.exists():
         print(f"error: {args.out} exists; choose a new directory", file=sys.stderr)
         return 2
     try:
@@ -372,11 +381,19 @@ def main(argv: list[str] | None = None) -> int:
         config = ModalityConfig(tuple((str(n), int(s)) for n, s in d["modalities"]), int(d["patch_size"]),
                                 d.get("output", "tile"), d.get("output_modality"))
         model = create_model(checkpoint=args.checkpoint)
-        result = export_configuration(model, config, args.out, file_sha256(args.checkpoint), args.max_error)
+        if args.cache is not None:
+            result, hit = ExportCache(args.cache, model, file_sha256(args.checkpoint)).get(config)
+        else:
+            hit = False
+            result = export_configuration(model, config, args.out, file_sha256(args.checkpoint),
+                                          MAX_EXPORT_ERROR if args.max_error is None else args.max_error)
     except (ValueError, KeyError, ExportError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     m = result.manifest
+    if hit:
+        print(f"{m['name']} is already in the cache at {result.directory}")
+        return 0
     print(f"exported {m['name']} to {result.directory} in {m['export_seconds']} s; "
           f"max |err| vs eager: onnx {m['max_abs_error_vs_eager']['onnx']:.2e}, "
           f"torchscript {m['max_abs_error_vs_eager']['torchscript']:.2e}")

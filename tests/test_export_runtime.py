@@ -88,6 +88,22 @@ def test_export_command(tmp_path, capsys) -> None:
     assert main(["--checkpoint", str(OFFICIAL_TINY), "--config", str(cfg), "--out", str(out)]) == 2
 
 
+def test_export_command_warms_the_workers_cache(tiny, tmp_path, capsys) -> None:
+    """``--cache`` exports where a worker on the same checkpoint looks, so no request waits for the export."""
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"modalities": [["s2", 2]], "patch_size": 20, "output": "patch"}))
+    root = tmp_path / "cache"
+    argv = ["--checkpoint", str(OFFICIAL_TINY), "--config", str(cfg), "--cache", str(root)]
+    assert main(argv) == 0
+    assert "exported" in capsys.readouterr().out
+    export, hit = ExportCache(root, tiny, file_sha256(OFFICIAL_TINY)).get(ModalityConfig((("s2", 2),), 20, "patch"))
+    assert hit and export.manifest["configuration"]["output"] == "patch"
+    assert main(argv) == 0
+    assert "already in the cache" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # the cache holds exports checked at the workers' tolerance only
+        main([*argv, "--max-error", "1e-3"])
+
+
 def _race(root: str, queue: mp.Queue) -> None:
     model = create_model(checkpoint=OFFICIAL_TINY)
     result, hit = ExportCache(root, model, "sha-race").get(ModalityConfig((("s2", 2),), patch_size=10))
