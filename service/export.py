@@ -277,11 +277,13 @@ class ExportCache:
         try:
             loaded = self._open(config, load)
         except Exception as exc:
-            why = f"could not build or load the graph of this configuration: {type(exc).__name__}: {exc}"
+            # Clients see why, not where: an OSError's text names server paths (the log keeps them).
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            why = f"could not build or load the graph of this configuration: {type(exc).__name__}: {detail}"
             failed_at = time.monotonic()  # not ``now``: a failed export can take minutes
             self._failed = {k: v for k, v in self._failed.items() if failed_at - v[0] < self.retry_failed_s}
             self._failed[key] = (failed_at, why)
-            log.error("%s: %s", key, why)
+            log.error("%s: could not build or load its graph: %r", key, exc)
             raise GraphUnavailable(why) from exc
         self._failed.pop(key, None)
         return loaded

@@ -221,7 +221,8 @@ def test_configuration_whose_graph_cannot_load_is_503_and_the_gateway_stays_up(
                 assert r.status_code == 503, r.text
                 assert r.json()["error"]["code"] == "model_unavailable"
                 messages.append(r.json()["error"]["message"])
-            assert "NotADirectoryError" in messages[0] and "failed 0 s ago" in messages[1]
+            assert "NotADirectoryError: Not a directory" in messages[0] and "failed 0 s ago" in messages[1]
+            assert str(tmp_path) not in messages[0]  # the cause, not the server's paths
             assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200
     finally:
         pool.stop()
