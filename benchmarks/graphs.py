@@ -9,7 +9,8 @@ shared cache, then three fresh processes, one after the other, run the same sequ
 sessions with ORT's default memory pattern; every graph kept in the worker's sessions (``ExportedBackend``, pattern
 off); and ``ExportedBackend`` with ``--max-graphs``. Each configuration once (resident memory after each), then the
 whole sequence again (the bounded one reloads every graph from disk, which is what a worker pays when its traffic
-cycles through more configurations than it keeps).
+cycles through more configurations than it keeps). Last, the speed the memory pattern buys: two sessions of the
+largest graph, with and without it, run alternately in this process.
 """
 
 from __future__ import annotations
@@ -89,6 +90,31 @@ def _run(cache_dir: str, ckpt: str, n: int, batch: int, max_graphs: int | None, 
              "peak": status_mb("VmHWM"), "unloaded": metrics.graphs_unloaded._value.get()})
 
 
+def pattern_speed(cache: ExportCache, config: ModalityConfig, sizes: tuple[int, ...], pairs: int = 12
+                  ) -> dict[int, float]:
+    """Per batch size, the median over alternating runs of (forward without / with the memory pattern): two
+    sessions of one graph in this process, so the machine's drift falls on both alike."""
+    sessions = []
+    for pattern in (False, True):
+        opts = session_options()
+        opts.enable_mem_pattern = pattern
+        sessions.append(ort.InferenceSession(str(cache.get(config)[0].directory / "model.onnx"), opts,
+                                             providers=["CPUExecutionProvider"]))
+    rng = np.random.default_rng(1)
+    ratios = {}
+    for size in sizes:
+        batch = _batch(config, size, rng)
+        feed = {i.name: batch[i.name] for i in sessions[0].get_inputs()}
+        times: list[list[float]] = [[], []]
+        for _ in range(pairs + 2):  # the first two pairs warm both sessions up (the pattern is planned then)
+            for i, session in enumerate(sessions):
+                started = time.perf_counter()
+                session.run(None, feed)
+                times[i].append(time.perf_counter() - started)
+        ratios[size] = statistics.median(off / on for off, on in zip(times[0][2:], times[1][2:], strict=True))
+    return ratios
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks.graphs", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -122,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             proc.start()
             results[bound] = out.get(timeout=3600)
             proc.join()
+        speed = pattern_speed(cache, configs[-1], (1, args.batch))
 
     runs = [results[None], results[args.configs], results[args.max_graphs]]
     print(f"\n## Worker memory, {args.size} model, {args.configs} configurations, batch {args.batch}\n")
@@ -141,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     row("graphs unloaded", [r["unloaded"] for r in runs])
     row("per batch, median s: first pass (load + run)", [statistics.median(r["first"]) for r in runs], ".2f")
     row("… second pass (run, or reload + run)", [statistics.median(r["second"]) for r in runs], ".2f")
+    config = " + ".join(f"{m} {side}" for m, side in configs[-1].modalities) + f" px, patch {configs[-1].patch_size} m"
+    print(f"\nforward without / with the memory pattern ({config}; median over 12 alternating pairs): "
+          + ", ".join(f"batch {size} {ratio:.3f}" for size, ratio in speed.items()))
     print(f"\nexport per configuration (paid once per checkpoint and configuration, then cached on disk): "
           f"median {statistics.median(export_s):.1f} s")
     return 0

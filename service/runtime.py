@@ -184,8 +184,8 @@ def session_options(threads: int = 0) -> ort.SessionOptions:
 
     The memory pattern plans each input shape's activations as one block, allocated beside the arena the
     first run of that shape filled: a session's memory grows by about half again on its second run. Without it,
-    the TreeSatAI-shaped tiny graph at batch 8 holds 560-595 MB instead of 780-824 MB, at the same speed
-    (alternating runs, off/on 1.00 at batch 1 and 8); ``python -m benchmarks.graphs`` shows a worker's total."""
+    forwards take as long (1.00-1.02 x) and a worker holding six tiny-model graphs stays at 1.4 GB instead of
+    2.3 GB (``python -m benchmarks.graphs`` measures both)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.add_session_config_entry("session.force_spinning_stop", "1")

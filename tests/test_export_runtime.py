@@ -21,7 +21,15 @@ from model import create_model
 from model.checkpoint import file_sha256
 from service.configuration import ModalityConfig
 from service.errors import GraphUnavailable
-from service.export import ExportCache, ExportError, example_inputs, export_configuration, list_exports, main
+from service.export import (
+    RETRY_FAILED_S,
+    ExportCache,
+    ExportError,
+    example_inputs,
+    export_configuration,
+    list_exports,
+    main,
+)
 from service.metrics import WorkerMetrics
 from service.queue import RedisQueue
 from service.runtime import ExportedBackend, ModelRunner, runner_from_env
@@ -287,7 +295,8 @@ def test_unloadable_graph_fails_at_once_until_retried(tiny, small_export, tmp_pa
 
     cache.path(SMALL).unlink()
     shutil.copytree(small_export.directory, cache.path(SMALL))  # repaired, but the failure is remembered
-    with pytest.raises(GraphUnavailable, match=r"NotADirectoryError.*failed 0 s ago; retried 60 s after"):
+    remembered = rf"NotADirectoryError.*failed \d+ s ago; retried {RETRY_FAILED_S:g} s after"
+    with pytest.raises(GraphUnavailable, match=remembered):
         runner.run(SMALL.key(), [request])
     cache.retry_failed_s = 0.0
     [result] = runner.run(SMALL.key(), [request])
