@@ -29,10 +29,10 @@ import torch
 from benchmarks.proc import status_mb
 from model import create_model, save_checkpoint
 from model.checkpoint import file_sha256
-from service.configuration import ModalityConfig
-from service.export import ExportCache
-from service.metrics import WorkerMetrics
-from service.runtime import ExportedBackend, session_options, stack_requests
+from service.engine.metrics import WorkerMetrics
+from service.runtime.configuration import ModalityConfig
+from service.runtime.export import ExportCache
+from service.runtime.runner import ExportedBackend, session_options, stack_requests
 
 # The aerial tile covers what the Sentinel-2 one does: 50 aerial px (0.2 m) per Sentinel-2 px (10 m).
 SHAPES = [(3, 10), (4, 10), (5, 10), (6, 10), (4, 20), (6, 20), (2, 10), (2, 20)]

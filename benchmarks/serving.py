@@ -42,13 +42,13 @@ import torch
 from benchmarks.proc import status_mb
 from model import create_model, save_checkpoint
 from model.checkpoint import file_sha256
-from service.configuration import ModalityConfig
-from service.export import ExportCache
-from service.payload import STATS_SUFFIX
-from service.queue import RedisQueue
-from service.redis_server import EmbeddedRedis
-from service.runtime import session_options, stack_requests
-from service.settings import QueueSettings
+from service.engine.payload import STATS_SUFFIX
+from service.engine.queue import RedisQueue
+from service.engine.redis_server import EmbeddedRedis
+from service.engine.settings import QueueSettings
+from service.runtime.configuration import ModalityConfig
+from service.runtime.export import ExportCache
+from service.runtime.runner import session_options, stack_requests
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = [
@@ -148,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         env = {**os.environ, "ANYSAT_CHECKPOINT": str(ckpt), "ANYSAT_RUNTIME": "onnx",
                "ANYSAT_EXPORT_DIR": str(tmp / "exports"), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
                "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(REPO)}
-        worker = subprocess.Popen([sys.executable, "-m", "service.worker", "--redis-url", url, "--runner",
-                                   "service.runtime:runner_from_env", "--max-batch-size", str(args.batch),
+        worker = subprocess.Popen([sys.executable, "-m", "service.engine.worker", "--redis-url", url, "--runner",
+                                   "service.runtime.runner:runner_from_env", "--max-batch-size", str(args.batch),
                                    "--max-wait-ms", str(args.max_wait_ms),
                                    "--adaptive-wait" if args.adaptive_wait else "--no-adaptive-wait"],
                                   env=env, cwd=REPO)
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             worker.wait(timeout=60)
 
         # 6. The engine's own share: the same request and pauses through a worker whose runner does nothing.
-        noop = subprocess.Popen([sys.executable, "-m", "service.worker", "--redis-url", url, "--prefix", "noop",
+        noop = subprocess.Popen([sys.executable, "-m", "service.engine.worker", "--redis-url", url, "--prefix", "noop",
                                  "--runner", "benchmarks.serving:NoopRunner"], env=env, cwd=REPO)
         try:
             noop_queue = RedisQueue.from_url(url, QueueSettings(prefix="noop"))
@@ -317,7 +317,7 @@ def _timed(fn) -> float:  # type: ignore[no-untyped-def]
 
 def _histogram(directory: Path, name: str) -> tuple[float, float]:
     """(sum, count) of one of the worker's histograms, summed over processes."""
-    from service.metrics import multiprocess_registry
+    from service.engine.metrics import multiprocess_registry
 
     total = count = 0.0
     for metric in multiprocess_registry(str(directory)).collect():

@@ -54,7 +54,7 @@ def _rss_by_role(root: int) -> dict[str, float]:
             rss = status_mb("VmRSS", pid)
         except (OSError, ValueError):
             continue
-        role = "redis" if "redis-server" in cmd else "worker" if "service.worker" in cmd else \
+        role = "redis" if "redis-server" in cmd else "worker" if "service.engine.worker" in cmd else \
             "gateway" if pid == root else None
         if role:
             roles[role] = roles.get(role, 0.0) + rss
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "ANYSAT_CHECKPOINT": args.checkpoint, "ANYSAT_EXPORT_DIR": tmp, "ANYSAT_PORT": str(port),
            "PYTHONPATH": str(REPO)}
     env.pop("ANYSAT_REDIS_URL", None)
-    serve = subprocess.Popen([sys.executable, "-m", "service.serve"], env=env, cwd=REPO,
+    serve = subprocess.Popen([sys.executable, "-m", "service.gateway.serve"], env=env, cwd=REPO,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -18,8 +18,8 @@ import time
 
 import numpy as np
 
-from service.queue import RedisQueue
-from service.redis_server import EmbeddedRedis
+from service.engine.queue import RedisQueue
+from service.engine.redis_server import EmbeddedRedis
 
 
 def _pause(seconds: float, spin: bool) -> None:

@@ -1,5 +1,7 @@
-"""Serving engine: Redis-queued, dynamically batched workers around any model runner.
+"""anysat-serve's serving stack in three rooms, dependencies pointing one way::
 
-Nothing here imports the model; the model reaches the engine only through a ``Runner``
-(see ``service.batching``).
+    gateway  ->  runtime  ->  engine
+    (HTTP)       (model)      (queue, batching, workers)
+
+``service.client`` is the Python client (numpy + httpx only).
 """

@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from service.inputs.arrays import from_base64 as _from_b64
-from service.inputs.arrays import from_npy, to_base64
+from service.gateway.inputs.arrays import from_base64 as _from_b64
+from service.gateway.inputs.arrays import from_npy, to_base64
 
 PathLike = str | os.PathLike[str]
 

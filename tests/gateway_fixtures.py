@@ -21,11 +21,11 @@ from fastapi import FastAPI
 
 from model import create_model
 from model.heads import Head, HeadConfig, save_head
-from service.app import create_app
-from service.gateway_settings import GatewaySettings
-from service.runtime import ModelRunner
-from service.settings import QueueSettings, WorkerSettings
-from service.worker import Worker
+from service.engine.settings import QueueSettings, WorkerSettings
+from service.engine.worker import Worker
+from service.gateway.app import create_app
+from service.gateway.settings import GatewaySettings
+from service.runtime.runner import ModelRunner
 
 REPO = Path(__file__).resolve().parents[1]
 LANDSAT = REPO / "examples" / "data" / "landsat8" / "LC08_224078_20200518_crop512.tif"

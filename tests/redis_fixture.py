@@ -1,6 +1,6 @@
 """Real-Redis fixtures: one private redis-server per test session, a fresh key prefix per test.
 
-No Redis mocks anywhere: the server is the embedded default from ``service.redis_server``.
+No Redis mocks anywhere: the server is the embedded default from ``service.engine.redis_server``.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from service.queue import connect
-from service.redis_server import EmbeddedRedis
+from service.engine.connection import connect
+from service.engine.redis_server import EmbeddedRedis
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.errors import GraphUnavailable
+from service.engine.errors import GraphUnavailable
 
 
 class DoublingRunner:

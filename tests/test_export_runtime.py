@@ -19,9 +19,13 @@ from model_fixtures import OFFICIAL_TINY
 
 from model import create_model
 from model.checkpoint import file_sha256
-from service.configuration import ModalityConfig
-from service.errors import GraphUnavailable
-from service.export import (
+from service.engine.errors import GraphUnavailable
+from service.engine.metrics import WorkerMetrics
+from service.engine.queue import RedisQueue
+from service.engine.settings import QueueSettings, WorkerSettings
+from service.engine.worker import Worker
+from service.runtime.configuration import ModalityConfig
+from service.runtime.export import (
     RETRY_FAILED_S,
     ExportCache,
     ExportError,
@@ -30,11 +34,7 @@ from service.export import (
     list_exports,
     main,
 )
-from service.metrics import WorkerMetrics
-from service.queue import RedisQueue
-from service.runtime import ExportedBackend, ModelRunner, runner_from_env
-from service.settings import QueueSettings, WorkerSettings
-from service.worker import Worker
+from service.runtime.runner import ExportedBackend, ModelRunner, runner_from_env
 
 SMALL = ModalityConfig((("s2", 6), ("s1-asc", 6)), patch_size=20, output="all")
 
@@ -312,7 +312,7 @@ def test_triton_runtime_against_v2_server(tiny, cache, small_export, tmp_path) -
     KServe v2 binary protocol (``FakeTriton`` stands in for Triton, which cannot run here)."""
     from fake_triton import FakeTriton
 
-    from service.triton_backend import TritonBackend
+    from service.runtime.triton import TritonBackend
 
     repository = tmp_path / "triton-repo"
     with FakeTriton(repository) as server:
@@ -330,7 +330,7 @@ def test_triton_runtime_against_v2_server(tiny, cache, small_export, tmp_path) -
 def test_ill_conditioned_output_is_judged_against_fp64(tmp_path) -> None:
     """The demo encoder's dense l8 map at 60 px: eager fp32 itself is ~2e-4 from fp64, so ONNX differs from
     eager by more than 1e-4 while being as exact; the masks of the default service depend on this export."""
-    from service.gateway_settings import DEMO_CHECKPOINT
+    from service.gateway.settings import DEMO_CHECKPOINT
 
     demo = create_model(checkpoint=DEMO_CHECKPOINT)
     config = ModalityConfig((("l8", 60),), 20, "dense", "l8")

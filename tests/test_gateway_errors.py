@@ -22,10 +22,10 @@ from gateway_fixtures import SEG_HEAD, Service, WorkerPool, serving, wait_ready
 from rasterio.io import MemoryFile
 
 from model import create_model
-from service.app import create_app
-from service.export import ExportCache
-from service.gateway_settings import GatewaySettings
-from service.runtime import ExportedBackend, ModelRunner
+from service.gateway.app import create_app
+from service.gateway.settings import GatewaySettings
+from service.runtime.export import ExportCache
+from service.runtime.runner import ExportedBackend, ModelRunner
 
 CRS = "EPSG:32632"
 

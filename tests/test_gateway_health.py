@@ -10,10 +10,10 @@ import pytest
 from gateway_fixtures import Service, WorkerPool, serving, wait_ready
 from test_gateway_errors import body
 
-from service.app import create_app
-from service.gateway_settings import GatewaySettings
-from service.redis_server import EmbeddedRedis
-from service.runtime import ModelRunner
+from service.engine.redis_server import EmbeddedRedis
+from service.gateway.app import create_app
+from service.gateway.settings import GatewaySettings
+from service.runtime.runner import ModelRunner
 
 
 def test_readiness_flips_when_workers_stop_and_return(gateway_service: Service) -> None:

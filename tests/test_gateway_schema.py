@@ -7,8 +7,8 @@ import schemathesis
 from gateway_fixtures import Service
 from hypothesis import HealthCheck, settings
 
-from service.app import create_app
-from service.gateway_settings import GatewaySettings
+from service.gateway.app import create_app
+from service.gateway.settings import GatewaySettings
 
 # The schema does not depend on the server's state: build it from an app that never connects anywhere.
 _SPEC = create_app(GatewaySettings(redis_url="redis://127.0.0.1:1/0", _env_file=None)).openapi()  # type: ignore[call-arg]

@@ -19,7 +19,7 @@ from gateway_fixtures import REPO
 from test_gateway_errors import body
 
 from service.client import AnySatClient
-from service.gateway_settings import DEMO_CHECKPOINT
+from service.gateway.settings import DEMO_CHECKPOINT
 
 
 def _free_port() -> int:
@@ -32,7 +32,7 @@ def _free_port() -> int:
 def serving(env: dict[str, str]) -> Iterator[str]:
     """``anysat serve`` in a subprocess with ``env``; yields its URL once ready; SIGTERM must stop it cleanly."""
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; from service.serve import main; "
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from service.gateway.serve import main; "
                              f"sys.exit(main(['--port', '{port}', '--log-level', 'warning']))"],
                             cwd=REPO, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -87,7 +87,7 @@ def test_serve_defaults_serve_the_demo_encoder_and_its_head() -> None:
 
 def test_serve_without_checkpoint_says_how(tmp_path: Path) -> None:
     env = _clean_env()
-    r = subprocess.run([sys.executable, "-c", "import sys; from service.serve import main; "
+    r = subprocess.run([sys.executable, "-c", "import sys; from service.gateway.serve import main; "
                         f"sys.exit(main(['--checkpoint', '{tmp_path / 'none.pth'}']))"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--checkpoint AnySat.pth" in r.stderr

@@ -34,7 +34,7 @@ def test_dense_export_from_a_one_row_example_keeps_the_batch_dynamic(tmp_path) -
     """A one-row, one-date example used to freeze the dense graph's batch and date count at 1 (the
     tracer's 0/1 specialisation), so every segmentation head failed on ONNX Runtime."""
     from model import create_model
-    from service.gateway_settings import DEMO_CHECKPOINT
+    from service.gateway.settings import DEMO_CHECKPOINT
 
     model = create_model(checkpoint=DEMO_CHECKPOINT).eval()  # the encoder the land-cover head is served with
     g = torch.Generator().manual_seed(0)

@@ -8,13 +8,13 @@ import pytest
 
 from model.normalize import normalize
 from model.sensors import SENSORS, NormStats
-from service.api.problems import InputError
-from service.api.schemas import BandStats
-from service.gateway_settings import GatewaySettings
-from service.inputs.tile import SensorInput
-from service.payload import decode, encode
-from service.prepare import Query, prepare_tile, wire_array
-from service.runtime import stack_requests
+from service.engine.payload import decode, encode
+from service.gateway.api.schemas import BandStats
+from service.gateway.errors import InputError
+from service.gateway.inputs.tile import SensorInput
+from service.gateway.prepare import Query, prepare_tile, wire_array
+from service.gateway.settings import GatewaySettings
+from service.runtime.runner import stack_requests
 
 RNG = np.random.default_rng(0)
 AERIAL = RNG.integers(0, 256, (4, 300, 300)).astype(np.uint8)

@@ -15,8 +15,10 @@ import pytest
 import redis
 import safetensors.numpy
 
-from service import payload
-from service.errors import (
+from service.engine import payload
+from service.engine.connection import connect, stream_id
+from service.engine.consumer import Err, Ok, QueuedRequest
+from service.engine.errors import (
     BadRequest,
     DeadLettered,
     DuplicateRequest,
@@ -25,8 +27,8 @@ from service.errors import (
     RequestTimedOut,
     ResultTimeout,
 )
-from service.queue import Err, Ok, QueuedRequest, RedisQueue, connect, stream_id
-from service.settings import QueueSettings
+from service.engine.queue import RedisQueue
+from service.engine.settings import QueueSettings
 
 
 def make_queue(client: redis.Redis, prefix: str, **overrides: object) -> RedisQueue:
@@ -223,7 +225,7 @@ def test_read_survives_the_payload_script_failing(
     q = make_queue(redis_client, key_prefix)
     rid = q.enqueue("k", tile(4), deadline_s=5)
     q._last_read["w1"] = "not-an-id"
-    with caplog.at_level("WARNING", logger="service.queue"):
+    with caplog.at_level("WARNING", logger="service.engine.queue"):
         [req] = q.read("w1", count=10, block_ms=100)
     assert req.request_id == rid and req.tensors is not None
     np.testing.assert_array_equal(req.tensors["s1-asc"], tile(4)["s1-asc"])

@@ -6,7 +6,7 @@ import os
 
 import redis
 
-from service.redis_server import ENV_URL, EmbeddedRedis, redis_url
+from service.engine.redis_server import ENV_URL, EmbeddedRedis, redis_url
 
 
 def test_configured_url_is_used_and_nothing_started() -> None:

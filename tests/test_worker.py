@@ -24,13 +24,14 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from runners import DoublingRunner
 
-from service.batching import Batcher
-from service.errors import BadRequest, DeadLettered, ModelUnavailable, RequestFailed, RequestTimedOut
-from service.heartbeat import live_workers
-from service.metrics import WorkerMetrics, multiprocess_registry
-from service.queue import QueuedRequest, RedisQueue
-from service.settings import QueueSettings, WorkerSettings
-from service.worker import Worker, main
+from service.engine.batching import Batcher
+from service.engine.consumer import QueuedRequest
+from service.engine.errors import BadRequest, DeadLettered, ModelUnavailable, RequestFailed, RequestTimedOut
+from service.engine.heartbeat import live_workers
+from service.engine.metrics import WorkerMetrics, multiprocess_registry
+from service.engine.queue import RedisQueue
+from service.engine.settings import QueueSettings, WorkerSettings
+from service.engine.worker import Worker, main
 
 REPO = Path(__file__).resolve().parents[1]
 # Short timings so recovery paths run in well under a second.
@@ -295,7 +296,7 @@ def spawn(
 
     def start(consumer: str, *flags: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         fast = [f"--{k.replace('_', '-')}={v}" for k, v in FAST.items()]
-        cmd = [sys.executable, "-m", "service.worker", "--redis-url", redis_url,
+        cmd = [sys.executable, "-m", "service.engine.worker", "--redis-url", redis_url,
                "--runner", "runners:make_runner", "--prefix", key_prefix, "--consumer", consumer,
                *fast, *flags]  # fmt: skip
         full_env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", **(env or {})}
@@ -469,7 +470,7 @@ def test_metric_text_names() -> None:
 
 
 def test_cli_flags_come_from_the_settings_models() -> None:
-    from service.worker import build_parser, settings_from_args
+    from service.engine.worker import build_parser, settings_from_args
 
     parse = build_parser().parse_args
     s = settings_from_args(parse(["--redis-url", "redis://x", "--max-wait-ms", "2.5", "--no-adaptive-wait"]))

@@ -1,0 +1,388 @@
+"""The worker loop: read from the queue, batch per key, run, reply, acknowledge. Plus ``main``.
+
+One worker is one process with one consumer name in the shared group; N of them on one Redis
+need no other coordination. Its guarantees:
+
+- A batch holds one batch key; it is cut by ``Batcher`` (size or wait, oldest key first).
+- If the runner raises on a batch, each request is rerun alone; only those that still fail get
+  ``bad_request``. Nothing a request contains can end the loop. A runner that cannot build or load the
+  batch key's graph raises ``GraphUnavailable``: the whole batch gets ``model_unavailable`` at once.
+- Requests whose deadline passed are answered ``timed_out`` and never run.
+- Entries reclaimed from a dead worker are run alone: one of them may be what killed it, and
+  alone it can only take itself down (until ``max_deliveries`` dead-letters it).
+- SIGTERM: the batch in flight finishes, the loop stops reading, held-but-unstarted requests
+  are handed straight back to the group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import types
+from collections.abc import Sequence
+from typing import Any, Union, get_args, get_origin
+
+import redis
+from pydantic import BaseModel, ValidationError
+
+from service.engine.batching import Batcher, Runner
+from service.engine.connection import connect
+from service.engine.consumer import Consumer, Err, Ok, QueuedRequest, Reply
+from service.engine.errors import ErrorKind, GraphUnavailable
+from service.engine.heartbeat import Heartbeat, WorkerInfo, live_workers
+from service.engine.metrics import WorkerMetrics
+from service.engine.settings import QueueSettings, WorkerSettings
+
+__all__ = ["Worker", "live_workers", "load_runner", "main"]
+
+log = logging.getLogger(__name__)
+
+_REDIS_RETRY_S = 1.0
+_POLL_S = 0.001  # polling period while a partial batch waits (see _fill)
+
+
+class Worker:
+    """Runs until ``stop()``; ``run()`` may be called on any thread (signals are ``main``'s job)."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        runner: Runner,
+        *,
+        client: redis.Redis | None = None,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.runner = runner
+        self.metrics = metrics or WorkerMetrics()
+        if hasattr(runner, "attach_metrics"):  # runners that export lazily count cache hits/misses
+            runner.attach_metrics(self.metrics)
+        if client is None:
+            # Blocking reads last up to read_block_ms; the socket timeout must outlast them.
+            timeout_s = settings.read_block_ms / 1000 + 5
+            client = connect(settings.redis_url, socket_timeout=timeout_s)
+        self.queue = Consumer(client, settings.queue)
+        self._batcher = Batcher(settings.max_batch_size, settings.max_wait_ms, settings.adaptive_wait)
+        self._stopping = threading.Event()
+        # entry id -> deadline of everything this worker holds; the heartbeat renews their leases.
+        self._held: dict[str, float] = {}
+        self._held_lock = threading.Lock()
+        self._answered = 0
+        self._started_at = time.time()
+        self._heartbeat = Heartbeat(
+            self.queue.redis,
+            settings.queue.heartbeat_key(settings.consumer),
+            settings.heartbeat_interval_s,
+            settings.heartbeat_ttl_s,
+            self._info,
+            on_beat=self._renew_leases,
+        )
+
+    @property
+    def consumer(self) -> str:
+        return self.settings.consumer
+
+    def stop(self) -> None:
+        """Ask the loop to finish the batch in flight and exit. Safe from signal handlers."""
+        self._stopping.set()
+
+    def run(self) -> None:
+        log.info(
+            "worker %s started (batch %d, wait %g ms)",
+            self.consumer,
+            self.settings.max_batch_size,
+            self.settings.max_wait_ms,
+        )
+        self._heartbeat.start()
+        next_reclaim = time.monotonic()
+        try:
+            while not self._stopping.is_set():
+                try:
+                    now = time.monotonic()
+                    if now >= next_reclaim:
+                        self._reclaim()
+                        next_reclaim = now + self.settings.reclaim_interval_ms / 1000
+                    self._fill(until=next_reclaim)
+                    # One batch per turn: what arrived while it ran is read before the next cut, so
+                    # lanes that waited behind it leave full instead of with whatever they held then.
+                    if not self._stopping.is_set() and (batch := self._batcher.pop_due(time.monotonic())):
+                        self._process(*batch)
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    # Redis restarting or unreachable: wait and retry. Whatever was run but not
+                    # answered stays pending and is reclaimed and re-run after the outage.
+                    log.error("lost Redis (%s); retrying in %g s", exc, _REDIS_RETRY_S)
+                    self._stopping.wait(_REDIS_RETRY_S)
+        finally:
+            self._shutdown()
+
+    # ------------------------------------------------------------------ loop steps
+
+    def _fill(self, until: float) -> None:
+        """Read new entries, blocking no longer than the next batch cut or reclaim tick."""
+        now = time.monotonic()
+        due_in = self._batcher.time_until_due(now)
+        wait_s = min(until - now, self.settings.read_block_ms / 1000)
+        if due_in is not None:
+            wait_s = min(wait_s, due_in)
+        room = self.settings.effective_prefetch - len(self._batcher)
+        if room <= 0:
+            # Full hands: some lane is due within max_wait_ms, so just wait for it.
+            time.sleep(max(0.0, wait_s))
+            return
+        if due_in is not None:
+            # A lane is waiting for company. Redis ends a short BLOCK on its own timer, tens of ms
+            # late (measured: 5 ms asked, ~25 ms spent), so poll without blocking and sleep here.
+            requests = self.queue.read(self.consumer, room, None)
+            if not requests:
+                time.sleep(min(max(0.0, wait_s), _POLL_S))
+        else:
+            block_ms = int(wait_s * 1000)
+            requests = self.queue.read(self.consumer, room, block_ms if block_ms > 0 else None)
+        self._admit(requests, fresh=True)
+
+    def _reclaim(self) -> None:
+        """Take over idle entries of dead workers, one at a time, and run each alone.
+
+        One at a time because one of them may be what killed its worker: claimed together, the
+        innocent ones would share its fate (and its delivery count) if it kills this worker too.
+        """
+        s = self.settings
+        try:
+            alive = [w.consumer for w in live_workers(self.queue.redis, s.queue.prefix)]
+            self.queue.prune_consumers(s.reclaim_idle_ms, live=[*alive, self.consumer])
+            for _ in range(self.settings.effective_prefetch):  # bounded, so reading resumes
+                if self._stopping.is_set():
+                    return
+                reclaimed = self.queue.reclaim(self.consumer, s.reclaim_idle_ms, count=1)
+                if reclaimed.dead_lettered:
+                    self.metrics.dead_lettered.inc(len(reclaimed.dead_lettered))
+                    self.metrics.count_outcomes(
+                        [ErrorKind.DEAD_LETTERED.value] * len(reclaimed.dead_lettered)
+                    )
+                if reclaimed.requests:
+                    log.warning("reclaimed request %s", reclaimed.requests[0].request_id)
+                    self.metrics.reclaimed.inc(len(reclaimed.requests))
+                    self._admit(reclaimed.requests, fresh=False)
+                if not reclaimed.requests and not reclaimed.dead_lettered:
+                    return
+        except redis.RedisError as exc:
+            log.warning("reclaim failed, will retry: %s", exc)
+
+    def _admit(self, requests: list[QueuedRequest], fresh: bool) -> None:
+        """Answer what cannot run (expired, unreadable); batch fresh ones, run reclaimed ones alone."""
+        if not requests:
+            return
+        now = time.time()
+        rejected: list[tuple[QueuedRequest, Reply]] = []
+        runnable: list[QueuedRequest] = []
+        for r in requests:
+            if r.load_error is not None:
+                rejected.append((r, Err(*r.load_error)))
+            elif r.expired(now):
+                rejected.append((r, _timed_out(r, now)))
+            else:
+                runnable.append(r)
+        with self._held_lock:
+            self._held.update((r.entry_id, r.deadline) for r in runnable)
+        self._respond(rejected)
+        if fresh:
+            self._batcher.add(runnable, time.monotonic())
+        else:
+            for r in runnable:
+                self._process(r.batch_key, [r])
+
+    def _process(self, batch_key: str, batch: list[QueuedRequest]) -> None:
+        now = time.time()
+        live = [r for r in batch if not r.expired(now)]
+        outcomes: list[tuple[QueuedRequest, Reply]] = [
+            (r, _timed_out(r, now)) for r in batch if r.expired(now)
+        ]
+        if live:
+            for r in live:
+                self.metrics.queue_wait.observe(max(0.0, now - r.enqueued_at))
+            outcomes.extend(zip(live, self._run(batch_key, live), strict=True))
+        newest = self._respond(outcomes)
+        if newest is not None:
+            self._batcher.answered(batch_key, newest)
+
+    def _run(self, batch_key: str, batch: list[QueuedRequest]) -> list[Reply]:
+        inputs = [r.tensors for r in batch]
+        assert all(t is not None for t in inputs), "requests without tensors are answered in _admit"
+        self.metrics.batch_size.observe(len(batch))
+        started = time.perf_counter()
+        try:
+            results = self.runner.run(batch_key, inputs)  # type: ignore[arg-type]
+            if len(results) != len(batch):
+                raise RuntimeError(f"runner returned {len(results)} results for {len(batch)} requests")
+        except GraphUnavailable as exc:
+            log.error("batch of %d (%s) not run: %s", len(batch), batch_key, exc)
+            return [Err(ErrorKind.MODEL_UNAVAILABLE, str(exc)) for _ in batch]
+        except Exception as exc:
+            if len(batch) == 1:
+                log.info("request %s failed: %r", batch[0].request_id, exc)
+                return [Err(ErrorKind.BAD_REQUEST, f"{type(exc).__name__}: {exc}")]
+            log.info("batch of %d (%s) failed (%r); rerunning one by one", len(batch), batch_key, exc)
+            return [self._run(batch_key, [r])[0] for r in batch]
+        finally:
+            self.metrics.inference_time.observe(time.perf_counter() - started)
+        return [Ok(result) for result in results]
+
+    def _respond(self, outcomes: list[tuple[QueuedRequest, Reply]]) -> str | None:
+        """Answer; returns the newest stream id queued before the answers went out (see ``Batcher.answered``)."""
+        if not outcomes:
+            return None
+        try:
+            sent, newest = self.queue.respond(outcomes)
+        finally:
+            # Answered, or (if Redis failed) left to be reclaimed: either way no longer ours to renew.
+            with self._held_lock:
+                for r, _ in outcomes:
+                    self._held.pop(r.entry_id, None)
+        self._answered += len(sent)
+        self.metrics.count_outcomes(sent)
+        return newest
+
+    def _shutdown(self) -> None:
+        leftover = self._batcher.drain()
+        try:
+            if leftover:
+                log.info("handing %d unstarted requests back to the group", len(leftover))
+                self.queue.release(leftover)
+                with self._held_lock:
+                    self._held.clear()
+            self.queue.remove_consumer(self.consumer)
+        except redis.RedisError as exc:  # they stay pending and get reclaimed instead
+            log.warning("could not hand back %d requests: %s", len(leftover), exc)
+        self._heartbeat.stop()
+        log.info("worker %s stopped after %d answers", self.consumer, self._answered)
+
+    # ------------------------------------------------------------------ heartbeat hooks
+
+    def _info(self) -> WorkerInfo:
+        return WorkerInfo(
+            consumer=self.consumer,
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            started_at=self._started_at,
+            beat_at=time.time(),
+            state="draining" if self._stopping.is_set() else "running",
+            answered=self._answered,
+        )
+
+    def _renew_leases(self) -> None:
+        # Past-deadline entries are not renewed: if this worker is wedged, someone else reclaims
+        # them and answers timed_out, instead of the caller's entry being held forever.
+        now = time.time()
+        with self._held_lock:
+            ids = [eid for eid, deadline in self._held.items() if deadline > now]
+        self.queue.renew(self.consumer, ids)
+
+
+def _timed_out(request: QueuedRequest, now: float) -> Err:
+    late = now - request.deadline
+    return Err(ErrorKind.TIMED_OUT, f"deadline passed {late:.3f} s before a worker could run it")
+
+
+def load_runner(spec: str) -> Runner:
+    """Build a runner from ``"package.module:factory"``; ``factory()`` must return a ``Runner``."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"--runner must look like 'package.module:factory', got {spec!r}")
+    factory = getattr(importlib.import_module(module_name), attr)
+    runner = factory()
+    if not isinstance(runner, Runner):
+        raise TypeError(f"{spec}() returned {type(runner).__name__}, which has no run(batch_key, requests)")
+    return runner
+
+
+# ---------------------------------------------------------------------- command line
+
+# Settings that are not simple scalars, or that main() resolves itself.
+_NOT_FLAGS = {"queue", "redis_url"}
+
+
+def _scalar_type(annotation: Any) -> type:
+    if get_origin(annotation) in (Union, types.UnionType):
+        (annotation,) = [a for a in get_args(annotation) if a is not type(None)]
+    return annotation
+
+
+def _add_model_flags(parser: argparse._ActionsContainer, model: type[BaseModel]) -> None:
+    # Flags come from the settings models, so a new setting cannot be forgotten on the CLI and
+    # defaults live in one place (unset flags are not passed, the model's default applies).
+    for name, field in model.model_fields.items():
+        if name in _NOT_FLAGS:
+            continue
+        default = None if field.is_required() else field.get_default(call_default_factory=False)
+        shown = "generated" if field.default_factory is not None else default
+        kind = _scalar_type(field.annotation)
+        typed: dict[str, Any] = {"action": argparse.BooleanOptionalAction} if kind is bool else {"type": kind}
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            **typed,
+            default=None,
+            help=f"{field.description or name} (default: {shown})",
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="anysat worker", description="Run one serving worker.")
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("ANYSAT_REDIS_URL"),
+        help="Redis to serve from (default: $ANYSAT_REDIS_URL)",
+    )
+    parser.add_argument("--runner", default="service.runtime.runner:runner_from_env",
+                        help="'package.module:factory' returning a Runner (default: the AnySat model runner, "
+                             "configured by ANYSAT_CHECKPOINT, ANYSAT_RUNTIME, ANYSAT_EXPORT_DIR, ANYSAT_HEADS_DIR)")
+    parser.add_argument("--log-level", default="INFO")
+    _add_model_flags(parser.add_argument_group("worker"), WorkerSettings)
+    _add_model_flags(parser.add_argument_group("queue"), QueueSettings)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
+    def given(model: type[BaseModel]) -> dict[str, Any]:
+        names = set(model.model_fields) - _NOT_FLAGS
+        return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+    return WorkerSettings(
+        redis_url=args.redis_url, queue=QueueSettings(**given(QueueSettings)), **given(WorkerSettings)
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``anysat worker``. Returns the process exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.redis_url:
+        print(
+            "anysat worker: no Redis to serve from; set ANYSAT_REDIS_URL or pass --redis-url "
+            "(e.g. unix:///run/anysat/redis.sock or redis://127.0.0.1:6379/0)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as exc:
+        print(f"anysat worker: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    runner = load_runner(args.runner)
+    worker = Worker(settings, runner)
+    if settings.metrics_port is not None:
+        worker.metrics.serve(settings.metrics_port)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda _signum, _frame: worker.stop())
+    worker.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

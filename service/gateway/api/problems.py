@@ -1,0 +1,93 @@
+"""The one place where exceptions become responses (the errors themselves: ``service.gateway.errors``).
+
+Every error body names what was wrong: ``{"error": {"code", "field", "message", "limit"?}}`` on /v1,
+``{"error": "<field>: <message>"}`` on /v2 (what the Open Inference Protocol and tritonclient read).
+Queue failures map as ``service.engine.errors`` suggests; Redis unreachable is a fast 503.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.engine import errors as queue_errors
+from service.gateway.errors import (
+    ApiError,
+    DeadlineExceeded,
+    InputError,
+    ModelUnavailableError,
+    TooManyRequests,
+    Unavailable,
+    WorkerFailed,
+)
+
+log = logging.getLogger(__name__)
+
+
+def from_queue_error(exc: Exception) -> ApiError:
+    """The HTTP error of a queue or Redis failure."""
+    if isinstance(exc, queue_errors.Overloaded):
+        retry = max(1, round(exc.retry_after_s))
+        return TooManyRequests("", str(exc), headers={"Retry-After": str(retry)})
+    if isinstance(exc, (queue_errors.ResultTimeout, queue_errors.RequestTimedOut)):
+        return DeadlineExceeded("", f"request deadline passed: {exc}")
+    if isinstance(exc, queue_errors.BadRequest):
+        return InputError("", f"the model rejected this input: {exc.message}")
+    if isinstance(exc, queue_errors.ModelUnavailable):
+        return ModelUnavailableError("", f"this configuration cannot be served right now: {exc.message}")
+    if isinstance(exc, queue_errors.RequestFailed):
+        return WorkerFailed("", str(exc))
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        return Unavailable("", f"the queue (Redis) is unreachable: {type(exc).__name__}; retry shortly")
+    if isinstance(exc, redis.RedisError):
+        return Unavailable("", f"the queue (Redis) failed: {exc}")
+    raise TypeError(f"not a queue error: {exc!r}")
+
+
+def _is_v2(request: Request) -> bool:
+    return request.url.path.startswith("/v2")
+
+
+def render(request: Request, err: ApiError) -> JSONResponse:
+    metrics = getattr(getattr(request.app.state, "gateway", None), "metrics", None)
+    if metrics is not None:
+        metrics.rejected.labels(reason=getattr(err, "limit", None) or err.code).inc()
+    content: dict[str, object] = {"error": str(err) if _is_v2(request) else err.body()}
+    return JSONResponse(content, status_code=err.status, headers=err.headers)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers: ours, FastAPI's validation errors, Starlette's HTTP errors, Redis."""
+
+    async def api_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ApiError)
+        return render(request, exc)
+
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        field = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
+        return render(request, InputError(field, str(first.get("msg"))))
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        # Starlette raises 400 for broken multipart; 404/405 for unknown routes and methods.
+        err = ApiError("", str(exc.detail))
+        err.status = exc.status_code
+        err.code = {400: "malformed", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        err.headers = dict(exc.headers or {})
+        return render(request, err)
+
+    async def queue_error(request: Request, exc: Exception) -> JSONResponse:
+        return render(request, from_queue_error(exc))
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(redis.RedisError, queue_error)
+    app.add_exception_handler(queue_errors.QueueError, queue_error)

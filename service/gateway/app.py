@@ -1,0 +1,63 @@
+"""The gateway application: ``create_app(settings)`` assembles routers, middleware and error handlers.
+
+Thin by design: decode, validate, enqueue, wait, encode. The model runs in the workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from service.gateway.api import embeddings, health, masks, models, problems, v2
+from service.gateway.api.middleware import BodyLimitMiddleware, MetricsMiddleware
+from service.gateway.api.schemas import EmbeddingsJSON, MasksJSON
+from service.gateway.settings import GatewaySettings
+from service.gateway.state import Gateway
+from service.gateway.v2_protocol import InferRequest
+
+DESCRIPTION = """AnySat embeddings and masks for any subset of 11 Earth-observation sensors.
+
+Inputs: **multipart/form-data** (one GeoTIFF or .npy part per sensor; time series as one GeoTIFF with
+bands in dates x bands order or one part per date; dates as `<sensor>_dates`), **JSON** (arrays as
+base64 little-endian bytes + dtype + shape), or **application/x-npz** (options in the query string).
+Outputs: JSON (base64 arrays), `.npy`, `.npz` or GeoTIFF (`format` or `Accept`).
+Errors: `{"error": {"code", "field", "message", "limit"?}}`; the Open Inference Protocol v2 lives under `/v2`.
+"""
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    # Request bodies are read by hand (three encodings on one route), so their JSON models are added here.
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (EmbeddingsJSON, MasksJSON, InferRequest):
+            js = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(js.pop("$defs", {}))
+            components[model.__name__] = js
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    settings = settings or GatewaySettings()
+    gateway = Gateway(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        gateway.close()
+
+    app = FastAPI(title="anysat-serve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.gateway = gateway
+    problems.install(app)
+    for router in (embeddings.router, masks.router, models.router, health.router, v2.router):
+        app.include_router(router)
+    # Added last = outermost: metrics see every request, including those the body limit refuses.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, metrics=gateway.metrics)
+    app.add_middleware(MetricsMiddleware, metrics=gateway.metrics)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,76 @@
+"""Every setting of the REST gateway, in one pydantic-settings class (env vars ``ANYSAT_*``).
+
+Limits are explicit and documented here; the README's table is generated from these descriptions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+REPO = Path(__file__).resolve().parents[2]
+# What `anysat serve` serves when ANYSAT_CHECKPOINT is unset: the demo encoder training writes.
+DEMO_CHECKPOINT = REPO / "artifacts" / "demo" / "encoder.safetensors"
+DEMO_HEADS = REPO / "artifacts" / "demo" / "heads"  # served with the demo encoder: the land-cover head
+
+
+class GatewaySettings(BaseSettings):
+    """The gateway process. Each field is read from ``ANYSAT_<FIELD>`` (e.g. ``ANYSAT_MAX_BODY_BYTES``)."""
+
+    model_config = SettingsConfigDict(env_prefix="ANYSAT_", extra="ignore", frozen=True)
+
+    # --- where things are
+    redis_url: str | None = Field(
+        None, description="Redis of the queue; unset: `anysat serve` starts a private one (embedded)")
+    queue_prefix: str = Field("anysat", min_length=1, description="key namespace; must equal the workers' --prefix")
+    checkpoint: Path | None = Field(
+        None, description=f"encoder checkpoint served (official .pth or ours); unset: {DEMO_CHECKPOINT.name} demo")
+    heads_dir: Path | None = Field(None, description="directory of <name>.safetensors heads (for /v1/masks); unset "
+                                   "with the demo encoder: artifacts/demo/heads")
+    worker_metrics_dir: Path | None = Field(
+        None, description="PROMETHEUS_MULTIPROC_DIR of local workers, summed into /metrics")
+
+    # --- limits (exceeding one: 413 or 422 naming it)
+    max_body_bytes: int = Field(64 * 2**20, gt=0, description="request body size in bytes (413)")
+    max_pixels_per_sensor: int = Field(
+        2048 * 2048, gt=0, description="H x W of one sensor image, checked in the TIFF header before decoding (413)")
+    max_dates_per_series: int = Field(512, gt=0, description="dates T of one time series (413)")
+    max_tiles_per_request: int = Field(64, gt=0, description="tiles in one request (413)")
+    max_patches_per_tile: int = Field(4096, gt=0, description="patches per tile, (side / patch_size)^2 (422)")
+    max_form_parts: int = Field(256, gt=0, description="files + fields in one multipart request (413)")
+
+    # --- time
+    request_deadline_s: float = Field(60.0, gt=0, description="queue deadline of a request; past it: 504")
+    redis_timeout_s: float = Field(
+        1.0, gt=0, description="Redis connect timeout; an unreachable Redis answers 503 within about this")
+
+    # --- security
+    api_keys: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="comma-separated keys; if set, inference endpoints need header X-API-Key")
+
+    # --- serving (used by `anysat serve`)
+    host: str = Field("127.0.0.1", description="interface `anysat serve` binds")
+    port: int = Field(8000, ge=0, le=65535, description="port `anysat serve` binds")
+    workers: int = Field(1, ge=0, description="worker processes `anysat serve` starts with the embedded Redis")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(k.strip() for k in value.split(",") if k.strip())
+        return value
+
+    def resolved_checkpoint(self) -> Path:
+        return self.checkpoint if self.checkpoint is not None else DEMO_CHECKPOINT
+
+    def resolved_heads_dir(self) -> Path | None:
+        """The configured heads; with the demo encoder (no checkpoint set), the demo heads."""
+        if self.heads_dir is not None or self.checkpoint is not None:
+            return self.heads_dir
+        return DEMO_HEADS if DEMO_HEADS.is_dir() else None
+
+    def limits(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in type(self).model_fields if name.startswith("max_")}

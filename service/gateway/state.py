@@ -1,0 +1,63 @@
+"""The state of one gateway process: settings, the Redis client and queue, metrics, heads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from service.engine.connection import connect
+from service.engine.heartbeat import live_workers
+from service.engine.producer import Producer
+from service.engine.settings import QueueSettings
+from service.gateway.heads import HeadRegistry
+from service.gateway.metrics import GatewayMetrics
+from service.gateway.settings import GatewaySettings
+from service.runtime.model_info import describe_checkpoint
+
+# BLPOP slices in Producer.wait_result are half the socket timeout (at most 1 s); this leaves room.
+_SOCKET_TIMEOUT_S = 5.0
+
+
+class Gateway:
+    def __init__(self, settings: GatewaySettings, metrics: GatewayMetrics | None = None) -> None:
+        if not settings.redis_url:
+            raise ValueError("redis_url is required: set ANYSAT_REDIS_URL, or run `anysat serve`, which starts "
+                             "a private Redis when it is unset")
+        self.settings = settings
+        self.metrics = metrics or GatewayMetrics()
+        self.heads = HeadRegistry(settings.resolved_heads_dir(), Path(settings.resolved_checkpoint()))
+        self.heads.encoder_sha256()  # hash the checkpoint now, not inside the first request
+        # No retries: an unreachable Redis must turn into a fast 503, not seconds of backoff; the pool
+        # reconnects by itself on the next request once Redis is back.
+        self.redis = connect(
+            settings.redis_url, socket_connect_timeout=settings.redis_timeout_s, socket_timeout=_SOCKET_TIMEOUT_S,
+            retry=Retry(NoBackoff(), 0))
+        self.queue_settings = QueueSettings(prefix=settings.queue_prefix)
+        self._queue: Producer | None = None
+
+    def queue(self) -> Producer:
+        # Built on first use, not at startup: the gateway must come up (and answer 503) while Redis is down.
+        if self._queue is None:
+            self._queue = Producer(self.redis, self.queue_settings)
+        return self._queue
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready = Redis answers and at least one worker heartbeat is fresh."""
+        try:
+            self.redis.ping()
+            workers = live_workers(self.redis, self.settings.queue_prefix)
+        except redis.RedisError as exc:
+            return False, {"redis": f"unreachable: {type(exc).__name__}", "workers": None}
+        detail = {"redis": "ok", "workers": len(workers),
+                  "worker_states": sorted({w.state for w in workers})}
+        return bool(workers) and any(w.state == "running" for w in workers), detail
+
+    def checkpoint(self) -> dict[str, Any]:
+        return describe_checkpoint(Path(self.settings.resolved_checkpoint()))
+
+    def close(self) -> None:
+        self.redis.close()

@@ -1,0 +1,406 @@
+"""Export one modality configuration: ONNX + TorchScript + a Triton model repository + manifest,
+checked against eager PyTorch; and the on-disk cache workers fill lazily.
+
+Layout of one export directory::
+
+    manifest.json                 configuration, checkpoint sha256, I/O names/dtypes/shapes, errors
+    model.onnx                    dynamic batch and date counts
+    model.ts                      TorchScript (traced), same inputs
+    triton/<name>/config.pbtxt    a Triton repository, hostable unchanged
+    triton/<name>/1/model.onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from model import AnySat, create_model
+from model.checkpoint import file_sha256
+from model.export import OPSET, PlannedAnySat, export_onnx, traceable_example, with_date_masks
+from model.inputs import plan_inputs
+from model.sensors import SENSORS
+from service.engine.errors import GraphUnavailable
+from service.runtime.configuration import ModalityConfig
+
+MAX_EXPORT_ERROR = 1e-4
+DEFAULT_CACHE_GB = 20.0
+# After a configuration's export or load fails, its requests fail at once for this long: a failure that
+# recurs would otherwise cost an export attempt per batch (tens of seconds to minutes each).
+RETRY_FAILED_S = 60.0
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_ONNX_TO_TRITON = {"float32": "TYPE_FP32", "int64": "TYPE_INT64", "bool": "TYPE_BOOL"}
+
+
+class ExportError(RuntimeError):
+    """An export that failed or disagreed with eager PyTorch; nothing was written."""
+
+
+def example_inputs(config: ModalityConfig, batch: int = 1, dates: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random inputs of a configuration (sorted 1-based day-of-year dates), for tracing and checks."""
+    g = torch.Generator().manual_seed(seed)
+    data: dict[str, torch.Tensor] = {}
+    for name, side in config.modalities:
+        s = SENSORS[name]
+        if s.time_series:
+            data[name] = torch.randn(batch, dates, s.channels, side, side, generator=g)
+            data[f"{name}_dates"] = torch.sort(torch.randint(1, 366, (batch, dates), generator=g), dim=1).values
+        else:
+            data[name] = torch.randn(batch, s.channels, side, side, generator=g)
+    return with_date_masks(data)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    directory: Path
+    manifest: dict[str, Any]
+
+
+def check_configuration(config: ModalityConfig) -> None:
+    """Raise ``ValueError`` naming what is wrong if the model cannot take ``config`` (sizes, extents, patch)."""
+    plan_inputs(traceable_example(example_inputs(config)), config.patch_size, config.output, config.output_modality)
+
+
+def export_configuration(model: AnySat, config: ModalityConfig, out_dir: str | Path, checkpoint_sha256: str,
+                         max_error: float = MAX_EXPORT_ERROR, name: str | None = None,
+                         conditioning_factor: float = 2.0) -> ExportResult:
+    """Write ONNX, TorchScript, the Triton repository and ``manifest.json`` into ``out_dir``.
+
+    Both artefacts are run on fresh random inputs at another batch size and date count than the
+    trace used, and compared with eager fp32 and with an fp64 eager run. An export is kept when it is
+    within ``max_error`` of eager fp32, or, failing that, when every output (eager fp32's included) is
+    within ``max(max_error, conditioning_factor × eager fp32's own error)`` of fp64: some outputs are
+    ill-conditioned in fp32 (measured: dense l8 of the demo encoder at 60 px, eager fp32 2e-4 from
+    fp64), and an export must not be refused for being as exact as eager. Otherwise nothing is kept
+    and ``ExportError`` is raised. The directory is built beside ``out_dir`` and renamed into place
+    atomically.
+    """
+    if config.head is not None:
+        raise ExportError("heads are applied after the encoder graph; export the head's encoder configuration")
+    out_dir = Path(out_dir)
+    model = model.eval()
+    example = traceable_example(example_inputs(config))  # the TorchScript trace needs it as export_onnx does
+    plan_inputs(example, config.patch_size, config.output, config.output_modality)  # validates the configuration
+    name = name or f"anysat_{config.digest()}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        started = time.perf_counter()
+        names = export_onnx(model, example, tmp / "model.onnx", config.patch_size, config.output,
+                            config.output_modality)
+        plan = plan_inputs(example, config.patch_size, config.output, config.output_modality)
+        wrapper = PlannedAnySat(model, plan, names).eval()
+        with torch.no_grad():
+            traced = torch.jit.trace(wrapper, tuple(example[n] for n in names), check_trace=False)
+        traced.save(str(tmp / "model.ts"))
+        errors, exactness = _check(model, config, tmp, names)
+        allowed = max(max_error, conditioning_factor * exactness["eager"])
+        if not max(errors.values()) <= max_error and not max(exactness.values()) <= allowed:
+            raise ExportError(f"export of {config.key()} disagrees with eager PyTorch: max |err| {errors} > "
+                              f"{max_error:g}, and against fp64 {exactness} > {allowed:g}; nothing written")
+        graph = onnx.load(str(tmp / "model.onnx"), load_external_data=False)
+        manifest = {
+            "name": name,
+            "configuration": config.to_dict(),
+            "batch_key": config.key(),
+            "checkpoint_sha256": checkpoint_sha256,
+            "model_config": model.config.to_dict(),
+            "opset": OPSET,
+            "inputs": [_io(v) for v in graph.graph.input],
+            "outputs": [_io(v) for v in graph.graph.output],
+            "max_abs_error_vs_eager": errors,
+            "max_abs_error_vs_fp64": exactness,
+            "max_error_allowed": max_error,
+            "export_seconds": round(time.perf_counter() - started, 2),
+            "torch": torch.__version__,
+            "onnxruntime": ort.__version__,
+        }
+        _triton_repository(tmp / "triton", name, manifest)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        _publish(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ExportResult(out_dir, json.loads((out_dir / "manifest.json").read_text()))
+
+
+def _check(model: AnySat, config: ModalityConfig, directory: Path, names: list[str]
+           ) -> tuple[dict[str, float], dict[str, float]]:
+    """Max |error| of eager fp32 and of each artefact against an fp64 eager run, and of each artefact
+    against eager fp32."""
+    data = example_inputs(config, batch=3, dates=9, seed=1)
+    for key in [k for k in data if k.endswith("_date_mask")][:1]:
+        data[key][1, 6:] = False  # one padded row, as served batches will have
+    kwargs = {"patch_size": config.patch_size, "output": config.output, "output_modality": config.output_modality}
+    with torch.no_grad():
+        outputs = {"eager": model(data, **kwargs).numpy(),
+                   "torchscript": torch.jit.load(str(directory / "model.ts"))(*[data[n] for n in names]).numpy()}
+        exact = copy.deepcopy(model).double()({k: v.double() if v.is_floating_point() else v
+                                               for k, v in data.items()}, **kwargs).numpy()
+    session = ort.InferenceSession(str(directory / "model.onnx"), providers=["CPUExecutionProvider"])
+    outputs["onnx"] = session.run(None, {n: data[n].numpy() for n in names})[0]
+    vs_eager = {k: float(np.abs(v - outputs["eager"]).max()) for k, v in outputs.items() if k != "eager"}
+    vs_fp64 = {k: float(np.abs(v - exact).max()) for k, v in outputs.items()}
+    return vs_eager, vs_fp64
+
+
+def _io(value: onnx.ValueInfoProto) -> dict[str, Any]:
+    t = value.type.tensor_type
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
+    shape = [d.dim_param or d.dim_value for d in t.shape.dim]
+    return {"name": value.name, "dtype": dtype, "shape": shape}
+
+
+def _triton_repository(root: Path, name: str, manifest: dict[str, Any]) -> None:
+    """A Triton model repository: the ONNX graph with dynamic batching on the leading axis."""
+    (root / name / "1").mkdir(parents=True)
+    _link_or_copy(root.parent / "model.onnx", root / name / "1" / "model.onnx")
+
+    def tensor(io: dict[str, Any]) -> str:
+        dims = ", ".join("-1" if isinstance(d, str) else str(d) for d in io["shape"][1:])
+        return f'  {{ name: "{io["name"]}" data_type: {_ONNX_TO_TRITON[io["dtype"]]} dims: [ {dims} ] }}'
+
+    text = "\n".join([
+        f'name: "{name}"',
+        'platform: "onnxruntime_onnx"',
+        "max_batch_size: 64",
+        "input [", ",\n".join(tensor(i) for i in manifest["inputs"]), "]",
+        "output [", ",\n".join(tensor(o) for o in manifest["outputs"]), "]",
+        "dynamic_batching { max_queue_delay_microseconds: 5000 }",
+        "",
+    ])
+    (root / name / "config.pbtxt").write_text(text)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    # Exports are never modified once written, so the Triton repository's graph can share the file: half the
+    # ONNX bytes on disk (0.5 GB per configuration for the base model). Copied where links are not supported.
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy(source, target)
+
+
+def _publish(tmp: Path, out_dir: Path) -> None:
+    """Atomic rename into place. If another process won the race, its complete copy stays."""
+    try:
+        os.rename(tmp, out_dir)
+    except OSError:
+        if (out_dir / "manifest.json").is_file():
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        raise
+
+
+class ExportCache:
+    """Exports keyed by (checkpoint sha256, configuration), built on first use.
+
+    Workers racing on one key each build in a private temp dir and rename; the loser discards its
+    copy, so a reader only ever sees complete directories.
+
+    ``open`` is what runners use: it loads an export, building it on a miss, and tells a bad configuration
+    (``ValueError``) from a graph that cannot be built or loaded (``GraphUnavailable``).
+
+    With ``max_bytes``, every export written is followed by a prune: the least recently used exports
+    (last looked up, recorded as their manifest's mtime) are removed until the cache fits, never the one
+    just written. Each is renamed out of place before it is deleted, so a reader finds a complete export
+    or none; ``open`` exports again when one disappears between its lookup and its load.
+    """
+
+    def __init__(self, root: str | Path, model: AnySat, checkpoint_sha256: str, max_bytes: int | None = None,
+                 retry_failed_s: float = RETRY_FAILED_S) -> None:
+        if max_bytes is not None and max_bytes <= 0:
+            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.model, self.checkpoint_sha256, self.max_bytes = model, checkpoint_sha256, max_bytes
+        self.retry_failed_s = retry_failed_s
+        self._failed: dict[str, tuple[float, str]] = {}  # batch key -> (monotonic time of the failure, why)
+
+    def path(self, config: ModalityConfig) -> Path:
+        key = hashlib.sha256(f"{self.checkpoint_sha256}\n{config.key()}".encode()).hexdigest()[:24]
+        return self.root / key
+
+    def get(self, config: ModalityConfig) -> tuple[ExportResult, bool]:
+        """Returns (export, hit)."""
+        path = self.path(config)
+        manifest = path / "manifest.json"
+        try:
+            text = manifest.read_text()
+        except FileNotFoundError:
+            pass
+        else:
+            with contextlib.suppress(OSError):  # a read-only cache is still a cache, only never pruned
+                os.utime(manifest)
+            return ExportResult(path, json.loads(text)), True
+        log.info("exporting %s into %s (its first request waits for this export)",
+                 config.key(), path)
+        result = export_configuration(self.model, config, path, self.checkpoint_sha256)
+        log.info("exported %s in %s s", path.name, result.manifest.get("export_seconds"))
+        if self.max_bytes is not None:
+            self.prune(self.max_bytes, keep=path)
+        return result, False
+
+    def open(self, config: ModalityConfig, load: Callable[[ExportResult], T]) -> tuple[T, bool]:
+        """``load(export)`` of the configuration's export, built first on a miss; returns (loaded, hit).
+
+        Raises ``ValueError`` if the model cannot take the configuration at all (the requests' fault), and
+        ``GraphUnavailable`` if its graph cannot be built or loaded (not theirs); for ``retry_failed_s`` after such
+        a failure, ``open`` fails at once with the same reason instead of exporting again. If another process
+        pruned the export between the lookup and the load, it is exported again and loaded once more."""
+        check_configuration(config)
+        key, now = config.key(), time.monotonic()
+        failed = self._failed.get(key)
+        if failed is not None and now - failed[0] < self.retry_failed_s:
+            raise GraphUnavailable(f"{failed[1]} (failed {now - failed[0]:.0f} s ago; retried "
+                                   f"{self.retry_failed_s:g} s after the failure)")
+        try:
+            loaded = self._open(config, load)
+        except Exception as exc:
+            # Clients see why, not where: an OSError's text names server paths (the log keeps them).
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            why = f"could not build or load the graph of this configuration: {type(exc).__name__}: {detail}"
+            failed_at = time.monotonic()  # not ``now``: a failed export can take minutes
+            self._failed = {k: v for k, v in self._failed.items() if failed_at - v[0] < self.retry_failed_s}
+            self._failed[key] = (failed_at, why)
+            log.error("%s: could not build or load its graph: %r", key, exc)
+            raise GraphUnavailable(why) from exc
+        self._failed.pop(key, None)
+        return loaded
+
+    def _open(self, config: ModalityConfig, load: Callable[[ExportResult], T]) -> tuple[T, bool]:
+        export, hit = self.get(config)
+        try:
+            return load(export), hit
+        except Exception:
+            if (export.directory / "manifest.json").is_file():
+                raise
+            log.warning("export %s was removed while loading; exporting it again", export.directory.name)
+        export, hit = self.get(config)
+        return load(export), hit
+
+    def prune(self, max_bytes: int, keep: Path | None = None) -> list[Path]:
+        """Remove the least recently used exports until the cache holds at most ``max_bytes`` (never ``keep``);
+        returns the removed directories."""
+        entries = []
+        for directory in self.root.iterdir():
+            if directory.name.startswith(".") or directory == keep:  # exports in progress, removals in progress
+                continue
+            try:
+                used = (directory / "manifest.json").stat().st_mtime
+                size = _size(directory)
+            except FileNotFoundError:  # incomplete, or removed by another process meanwhile
+                continue
+            entries.append((used, directory, size))
+        excess = sum(size for *_, size in entries) + (_size(keep) if keep is not None else 0) - max_bytes
+        removed = []
+        for _used, directory, size in sorted(entries):
+            if excess <= 0:
+                break
+            trash = self.root / f".removed-{uuid.uuid4().hex}"
+            try:
+                os.rename(directory, trash)
+            except OSError:  # another process removed it first
+                continue
+            shutil.rmtree(trash, ignore_errors=True)
+            excess -= size
+            removed.append(directory)
+            log.info("removed export %s from the cache (%.0f MB; cache limit %.0f MB)", directory.name,
+                     size / 1e6, max_bytes / 1e6)
+        return removed
+
+
+def _size(directory: Path) -> int:
+    """Bytes on disk, each hard-linked file once."""
+    files = {(st.st_dev, st.st_ino): st.st_size for st in (f.stat() for f in directory.rglob("*") if f.is_file())}
+    return sum(files.values())
+
+
+def list_exports(root: str | Path | None) -> list[dict[str, Any]]:
+    """Summaries of the complete exports under a cache directory (for ``GET /v1/models``)."""
+    if root is None or not Path(root).is_dir():
+        return []
+    out = []
+    for manifest in sorted(Path(root).glob("*/manifest.json")):
+        if manifest.parent.name.startswith("."):  # an export being built or removed
+            continue
+        try:
+            m = json.loads(manifest.read_text())
+        except FileNotFoundError:  # pruned meanwhile
+            continue
+        out.append({"name": m["name"], "configuration": m["configuration"],
+                    "checkpoint_sha256": m["checkpoint_sha256"], "max_abs_error_vs_eager": m["max_abs_error_vs_eager"]})
+    return out
+
+
+def default_export_dir() -> Path:
+    return Path(os.environ.get("ANYSAT_EXPORT_DIR") or Path.home() / ".cache" / "anysat" / "exports")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="anysat export", description="Export one modality configuration to "
+                                     "ONNX, TorchScript and a Triton repository, checked against eager PyTorch.")
+    parser.add_argument("--checkpoint", required=True, help="official AnySat .pth or our .safetensors")
+    parser.add_argument("--config", required=True, type=Path,
+                        help='JSON: {"modalities": [["aerial", 300], ["s2", 6]], "patch_size": 20, "output": "tile"}')
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", type=Path, help="output directory (must not exist)")
+    where.add_argument("--cache", type=Path, nargs="?", const=default_export_dir(), metavar="DIR",
+                       help="into the workers' export cache instead, where they look it up for this checkpoint "
+                            f"(default DIR: $ANYSAT_EXPORT_DIR or ~/.cache/anysat/exports, now {default_export_dir()}),"
+                            " so no request waits for it")
+    parser.add_argument("--max-error", type=float, default=None,
+                        help=f"largest error against eager PyTorch (default {MAX_EXPORT_ERROR:g}; --out only: "
+                             "workers accept exports at the default)")
+    args = parser.parse_args(argv)
+    if args.cache is not None and args.max_error is not None:
+        parser.error("--max-error applies to --out only: the workers' cache holds exports checked at the default")
+    if args.out is not None and args.out.exists():
+        print(f"error: {args.out} exists; choose a new directory", file=sys.stderr)
+        return 2
+    try:
+        d = json.loads(args.config.read_text())
+        config = ModalityConfig(tuple((str(n), int(s)) for n, s in d["modalities"]), int(d["patch_size"]),
+                                d.get("output", "tile"), d.get("output_modality"))
+        model = create_model(checkpoint=args.checkpoint)
+        if args.cache is not None:
+            result, hit = ExportCache(args.cache, model, file_sha256(args.checkpoint)).get(config)
+        else:
+            hit = False
+            result = export_configuration(model, config, args.out, file_sha256(args.checkpoint),
+                                          MAX_EXPORT_ERROR if args.max_error is None else args.max_error)
+    except (ValueError, KeyError, ExportError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    m = result.manifest
+    if hit:
+        print(f"{m['name']} is already in the cache at {result.directory}")
+        return 0
+    print(f"exported {m['name']} to {result.directory} in {m['export_seconds']} s; "
+          f"max |err| vs eager: onnx {m['max_abs_error_vs_eager']['onnx']:.2e}, "
+          f"torchscript {m['max_abs_error_vs_eager']['torchscript']:.2e}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
