@@ -7,12 +7,13 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("service.gateway.serve:main", "run the REST gateway (plus a private Redis and worker when ANYSAT_REDIS_URL "
-              "is unset)"),
-    "worker": ("service.engine.worker:main", "run a serving worker on the Redis queue"),
+    "serve": ("service.gateway.serve:main",
+              "run the REST gateway (plus a private Redis and supervised workers when ANYSAT_REDIS_URL is unset)"),
+    "worker": ("service.runtime.worker:main", "run a serving worker on the Redis queue"),
     "check-parity": ("model.parity:main", "compare the model with the official implementation's outputs"),
     "benchmark": ("benchmarks.encoder:main", "time the encoder: eager vs ONNX Runtime, fp32 vs reduced"),
-    "export": ("service.runtime.export:main", "export one modality configuration (ONNX, TorchScript, Triton repository)"),
+    "export": ("service.runtime.export:main",
+               "export one modality configuration (ONNX, TorchScript, Triton repository)"),
     "train": ("training.cli:main", "pretrain (JEPA), fine-tune or probe; writes encoders and heads"),
     "stats": ("training.data.stats:main", "per-sensor, per-band normalisation statistics of a dataset"),
 }

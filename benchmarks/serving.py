@@ -148,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         env = {**os.environ, "ANYSAT_CHECKPOINT": str(ckpt), "ANYSAT_RUNTIME": "onnx",
                "ANYSAT_EXPORT_DIR": str(tmp / "exports"), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
                "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(REPO)}
-        worker = subprocess.Popen([sys.executable, "-m", "service.engine.worker", "--redis-url", url, "--runner",
-                                   "service.runtime.runner:runner_from_env", "--max-batch-size", str(args.batch),
+        worker = subprocess.Popen([sys.executable, "-m", "service.runtime.worker", "--redis-url", url,
+                                   "--max-batch-size", str(args.batch),
                                    "--max-wait-ms", str(args.max_wait_ms),
                                    "--adaptive-wait" if args.adaptive_wait else "--no-adaptive-wait"],
                                   env=env, cwd=REPO)
@@ -231,8 +231,9 @@ def main(argv: list[str] | None = None) -> int:
             worker.wait(timeout=60)
 
         # 6. The engine's own share: the same request and pauses through a worker whose runner does nothing.
-        noop = subprocess.Popen([sys.executable, "-m", "service.engine.worker", "--redis-url", url, "--prefix", "noop",
-                                 "--runner", "benchmarks.serving:NoopRunner"], env=env, cwd=REPO)
+        noop = subprocess.Popen([sys.executable, "-m", "service.engine.worker", "--redis-url", url,
+                                 "--queue-prefix", "noop", "--runner", "benchmarks.serving:NoopRunner"],
+                                env=env, cwd=REPO)
         try:
             noop_queue = RedisQueue.from_url(url, QueueSettings(prefix="noop"))
             # ...and, alternating with it, the same tile queued normalised as float32 (3.6x the bytes)

@@ -54,7 +54,7 @@ def _rss_by_role(root: int) -> dict[str, float]:
             rss = status_mb("VmRSS", pid)
         except (OSError, ValueError):
             continue
-        role = "redis" if "redis-server" in cmd else "worker" if "service.engine.worker" in cmd else \
+        role = "redis" if "redis-server" in cmd else "worker" if "service.runtime.worker" in cmd else \
             "gateway" if pid == root else None
         if role:
             roles[role] = roles.get(role, 0.0) + rss

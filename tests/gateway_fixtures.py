@@ -21,7 +21,7 @@ from fastapi import FastAPI
 
 from model import create_model
 from model.heads import Head, HeadConfig, save_head
-from service.engine.settings import QueueSettings, WorkerSettings
+from service.engine.settings import WorkerSettings
 from service.engine.worker import Worker
 from service.gateway.app import create_app
 from service.gateway.settings import GatewaySettings
@@ -63,7 +63,7 @@ class WorkerPool:
 
     def start(self, n: int = 1) -> None:
         for _ in range(n):
-            settings = WorkerSettings(redis_url=self.redis_url, queue=QueueSettings(prefix=self.prefix),
+            settings = WorkerSettings(redis_url=self.redis_url, queue_prefix=self.prefix,
                                       max_wait_ms=2, read_block_ms=100, heartbeat_interval_s=0.25,
                                       heartbeat_ttl_s=2.0)
             worker = Worker(settings, self.runner)

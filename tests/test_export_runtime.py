@@ -220,7 +220,7 @@ def test_padded_dates_batch_equals_solo_runs(tiny, cache, small_export, kind) ->
 def test_worker_serves_onnx_through_redis(tiny, cache, small_export, redis_url, key_prefix) -> None:
     runner = ModelRunner(tiny, ExportedBackend(cache, "onnx"))
     queue_settings = QueueSettings(prefix=key_prefix)
-    worker = Worker(WorkerSettings(redis_url=redis_url, queue=queue_settings, max_wait_ms=50), runner)
+    worker = Worker(WorkerSettings(redis_url=redis_url, queue_prefix=key_prefix, max_wait_ms=50), runner)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     try:
@@ -270,14 +270,21 @@ def test_loaded_graphs_are_bounded_and_reloaded_from_disk(tiny, cache, small_exp
 
 
 @pytest.mark.parametrize(("name", "value", "expected"), [
-    ("ANYSAT_MAX_GRAPHS", "0", "a whole number >= 1"), ("ANYSAT_MAX_GRAPHS", "four", "a whole number >= 1"),
-    ("ANYSAT_EXPORT_CACHE_GB", "0", "a positive number of GB"), ("ANYSAT_EXPORT_CACHE_GB", "lots", "a positive"),
-    ("ANYSAT_EXPORT_CACHE_GB", "inf", "a positive"),
+    ("ANYSAT_MAX_GRAPHS", "0", "greater than or equal to 1"), ("ANYSAT_MAX_GRAPHS", "four", "valid integer"),
+    ("ANYSAT_EXPORT_CACHE_GB", "0", "greater than 0"), ("ANYSAT_EXPORT_CACHE_GB", "lots", "valid number"),
+    ("ANYSAT_EXPORT_CACHE_GB", "inf", "finite number"), ("ANYSAT_RUNTIME", "tensorflow", "'onnx'"),
 ])
-def test_worker_limits_are_checked_before_the_model_loads(name, value, expected, monkeypatch, tmp_path) -> None:
+def test_worker_limits_are_checked_before_the_model_loads(name, value, expected, monkeypatch, tmp_path,
+                                                          capsys) -> None:
+    from service.runtime.worker import main as worker_main
+
     monkeypatch.setenv("ANYSAT_CHECKPOINT", str(tmp_path / "not-read.safetensors"))
+    monkeypatch.setenv("ANYSAT_REDIS_URL", "redis://127.0.0.1:1/0")  # never reached
     monkeypatch.setenv(name, value)
-    with pytest.raises(ValueError, match=f"{name} must be {expected}"):
+    assert worker_main([]) == 2
+    err = capsys.readouterr().err
+    assert f"{name} (--{name.removeprefix('ANYSAT_').lower().replace('_', '-')})" in err and expected in err, err
+    with pytest.raises(ValueError, match=name.removeprefix("ANYSAT_").lower()):
         runner_from_env()
 
 

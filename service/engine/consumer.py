@@ -113,13 +113,14 @@ class Reclaimed(NamedTuple):
 class Consumer:
     """What a worker does with the queue; ``consumer`` is its name in the group."""
 
-    def __init__(self, client: redis.Redis, settings: QueueSettings | None = None) -> None:
+    def __init__(self, client: redis.Redis, settings: QueueSettings | None = None, *, ensure: bool = True) -> None:
         self.redis = client
         self.settings = settings or QueueSettings()
         self._respond_script = client.register_script(_RESPOND)
         self._last_read: dict[str, str] = {}  # consumer -> highest entry id it has read
         self._fetch_warned = False
-        ensure_group(client, self.settings)
+        if ensure:
+            ensure_group(client, self.settings)
 
     def ensure_group(self) -> None:
         ensure_group(self.redis, self.settings)

@@ -14,7 +14,7 @@ from service.engine.settings import QueueSettings
 class RedisQueue(Producer, Consumer):
     def __init__(self, client: redis.Redis, settings: QueueSettings | None = None) -> None:
         Producer.__init__(self, client, settings)
-        Consumer.__init__(self, client, self.settings)
+        Consumer.__init__(self, client, self.settings, ensure=False)
 
     @classmethod
     def from_url(cls, url: str, settings: QueueSettings | None = None) -> RedisQueue:

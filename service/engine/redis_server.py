@@ -48,7 +48,7 @@ def find_redis_server() -> str:
     )
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # Linux only: the kernel SIGTERMs redis-server if we die, even by SIGKILL, so no orphan
     # keeps the socket. Elsewhere the atexit hook is all there is.
     if sys.platform.startswith("linux"):
@@ -92,7 +92,7 @@ class EmbeddedRedis:
             "--logfile", str(self.log_path),
         ]  # fmt: skip
         self._process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, preexec_fn=die_with_parent
         )
         atexit.register(self.stop)
         self._wait_ready()

@@ -1,4 +1,8 @@
-"""Typed, validated configuration of the queue (shared by callers and workers) and of a worker."""
+"""Typed, validated configuration of the queue (shared by callers and workers) and of a worker process.
+
+``QueueSettings`` is what both sides of the queue must agree on; each process builds it from its own settings
+class (``WorkerSettings`` here, ``GatewaySettings`` in the gateway), the one place that process reads its
+configuration from."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import socket
 import uuid
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def default_consumer_name() -> str:
@@ -50,13 +55,22 @@ class QueueSettings(BaseModel):
         return f"{self.prefix}:worker:{consumer}"
 
 
-class WorkerSettings(BaseModel):
-    """One worker process. ``redis_url`` has no default: resolve it (env or embedded) explicitly."""
+class WorkerSettings(BaseSettings):
+    """One worker process; each field is read from ``ANYSAT_<FIELD>`` and has a generated ``--flag``.
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    ``redis_url`` has no default: resolve it (env, flag or embedded) explicitly."""
 
-    redis_url: str = Field(min_length=1)
-    queue: QueueSettings = Field(default_factory=QueueSettings)
+    model_config = SettingsConfigDict(env_prefix="ANYSAT_", frozen=True, extra="forbid")
+
+    redis_url: str | None = Field(None, min_length=1, description="Redis of the queue (required)")
+    runner: str | None = Field(
+        None, description="'package.module:factory' returning a Runner; unset: the command's own (the AnySat model)")
+    # --- the queue, as the workers see it (admission is the gateway's: see GatewaySettings)
+    queue_prefix: str = Field("anysat", min_length=1, description="key namespace; must equal the gateway's")
+    max_deliveries: int = Field(3, ge=1, description="deliveries of a request before it is dead-lettered")
+    result_ttl_s: float = Field(300.0, gt=0, description="lifetime of an unread reply and its done-marker")
+    dead_letter_maxlen: int = Field(10_000, gt=0, description="approximate cap of the dead-letter stream")
+    # --- batching and the loop
     consumer: str = Field(
         default_factory=default_consumer_name, min_length=1, description="this worker's name in the group"
     )
@@ -74,6 +88,13 @@ class WorkerSettings(BaseModel):
     heartbeat_interval_s: float = Field(2.0, gt=0, description="heartbeat and lease-renewal period")
     heartbeat_ttl_s: float = Field(10.0, gt=0, description="a worker silent this long counts as dead")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="serve /metrics here if set")
+    connect_timeout_s: float = Field(
+        300.0, ge=0, description="at start, how long to retry until Redis answers (0: fail at once)")
+
+    @property
+    def queue(self) -> QueueSettings:
+        return QueueSettings(prefix=self.queue_prefix, max_deliveries=self.max_deliveries,
+                             result_ttl_s=self.result_ttl_s, dead_letter_maxlen=self.dead_letter_maxlen)
 
     @model_validator(mode="after")
     def _check_timing(self) -> WorkerSettings:

@@ -16,21 +16,17 @@ need no other coordination. Its guarantees:
 
 from __future__ import annotations
 
-import argparse
 import importlib
+import inspect
 import logging
 import os
-import signal
 import socket
 import sys
 import threading
 import time
-import types
 from collections.abc import Sequence
-from typing import Any, Union, get_args, get_origin
 
 import redis
-from pydantic import BaseModel, ValidationError
 
 from service.engine.batching import Batcher, Runner
 from service.engine.connection import connect
@@ -38,13 +34,12 @@ from service.engine.consumer import Consumer, Err, Ok, QueuedRequest, Reply
 from service.engine.errors import ErrorKind, GraphUnavailable
 from service.engine.heartbeat import Heartbeat, WorkerInfo, live_workers
 from service.engine.metrics import WorkerMetrics
-from service.engine.settings import QueueSettings, WorkerSettings
-
-__all__ = ["Worker", "live_workers", "load_runner", "main"]
+from service.engine.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
 _REDIS_RETRY_S = 1.0
+_CONNECT_FIRST_RETRY_S, _CONNECT_MAX_RETRY_S = 0.1, 5.0  # backoff while Redis is not up yet
 _POLL_S = 0.001  # polling period while a partial batch waits (see _fill)
 
 
@@ -68,7 +63,7 @@ class Worker:
             # Blocking reads last up to read_block_ms; the socket timeout must outlast them.
             timeout_s = settings.read_block_ms / 1000 + 5
             client = connect(settings.redis_url, socket_timeout=timeout_s)
-        self.queue = Consumer(client, settings.queue)
+        self.queue = Consumer(client, settings.queue, ensure=False)  # run() creates the group once Redis answers
         self._batcher = Batcher(settings.max_batch_size, settings.max_wait_ms, settings.adaptive_wait)
         self._stopping = threading.Event()
         # entry id -> deadline of everything this worker holds; the heartbeat renews their leases.
@@ -100,6 +95,8 @@ class Worker:
             self.settings.max_batch_size,
             self.settings.max_wait_ms,
         )
+        if not self._wait_for_redis():
+            return
         self._heartbeat.start()
         next_reclaim = time.monotonic()
         try:
@@ -121,6 +118,26 @@ class Worker:
                     self._stopping.wait(_REDIS_RETRY_S)
         finally:
             self._shutdown()
+
+    def _wait_for_redis(self) -> bool:
+        """Retry, with backoff, until Redis answers and the group exists: compose and Kubernetes start things
+        in any order. False if stopped meanwhile; raises the last error after ``connect_timeout_s``."""
+        deadline = time.monotonic() + self.settings.connect_timeout_s
+        delay = _CONNECT_FIRST_RETRY_S
+        while True:
+            try:
+                self.queue.ensure_group()
+                return True
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.error("Redis did not answer within connect_timeout_s (%g s): %s",
+                              self.settings.connect_timeout_s, exc)
+                    raise
+                log.warning("waiting for Redis (%s); retrying in %.1f s, giving up in %.0f s", exc, delay, left)
+                if self._stopping.wait(min(delay, left)):
+                    return False
+                delay = min(2 * delay, _CONNECT_MAX_RETRY_S)
 
     # ------------------------------------------------------------------ loop steps
 
@@ -290,98 +307,26 @@ def _timed_out(request: QueuedRequest, now: float) -> Err:
     return Err(ErrorKind.TIMED_OUT, f"deadline passed {late:.3f} s before a worker could run it")
 
 
-def load_runner(spec: str) -> Runner:
-    """Build a runner from ``"package.module:factory"``; ``factory()`` must return a ``Runner``."""
+def load_runner(spec: str, settings: WorkerSettings | None = None) -> Runner:
+    """Build a runner from ``"package.module:factory"``; ``factory()`` (or ``factory(settings)``, when it takes
+    a parameter) must return a ``Runner``."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ValueError(f"--runner must look like 'package.module:factory', got {spec!r}")
     factory = getattr(importlib.import_module(module_name), attr)
-    runner = factory()
+    required = [p for p in inspect.signature(factory).parameters.values() if p.default is inspect.Parameter.empty]
+    runner = factory(settings) if required else factory()
     if not isinstance(runner, Runner):
         raise TypeError(f"{spec}() returned {type(runner).__name__}, which has no run(batch_key, requests)")
     return runner
 
 
-# ---------------------------------------------------------------------- command line
-
-# Settings that are not simple scalars, or that main() resolves itself.
-_NOT_FLAGS = {"queue", "redis_url"}
-
-
-def _scalar_type(annotation: Any) -> type:
-    if get_origin(annotation) in (Union, types.UnionType):
-        (annotation,) = [a for a in get_args(annotation) if a is not type(None)]
-    return annotation
-
-
-def _add_model_flags(parser: argparse._ActionsContainer, model: type[BaseModel]) -> None:
-    # Flags come from the settings models, so a new setting cannot be forgotten on the CLI and
-    # defaults live in one place (unset flags are not passed, the model's default applies).
-    for name, field in model.model_fields.items():
-        if name in _NOT_FLAGS:
-            continue
-        default = None if field.is_required() else field.get_default(call_default_factory=False)
-        shown = "generated" if field.default_factory is not None else default
-        kind = _scalar_type(field.annotation)
-        typed: dict[str, Any] = {"action": argparse.BooleanOptionalAction} if kind is bool else {"type": kind}
-        parser.add_argument(
-            f"--{name.replace('_', '-')}",
-            **typed,
-            default=None,
-            help=f"{field.description or name} (default: {shown})",
-        )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="anysat worker", description="Run one serving worker.")
-    parser.add_argument(
-        "--redis-url",
-        default=os.environ.get("ANYSAT_REDIS_URL"),
-        help="Redis to serve from (default: $ANYSAT_REDIS_URL)",
-    )
-    parser.add_argument("--runner", default="service.runtime.runner:runner_from_env",
-                        help="'package.module:factory' returning a Runner (default: the AnySat model runner, "
-                             "configured by ANYSAT_CHECKPOINT, ANYSAT_RUNTIME, ANYSAT_EXPORT_DIR, ANYSAT_HEADS_DIR)")
-    parser.add_argument("--log-level", default="INFO")
-    _add_model_flags(parser.add_argument_group("worker"), WorkerSettings)
-    _add_model_flags(parser.add_argument_group("queue"), QueueSettings)
-    return parser
-
-
-def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
-    def given(model: type[BaseModel]) -> dict[str, Any]:
-        names = set(model.model_fields) - _NOT_FLAGS
-        return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
-
-    return WorkerSettings(
-        redis_url=args.redis_url, queue=QueueSettings(**given(QueueSettings)), **given(WorkerSettings)
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``anysat worker``. Returns the process exit status."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not args.redis_url:
-        print(
-            "anysat worker: no Redis to serve from; set ANYSAT_REDIS_URL or pass --redis-url "
-            "(e.g. unix:///run/anysat/redis.sock or redis://127.0.0.1:6379/0)",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        settings = settings_from_args(args)
-    except ValidationError as exc:
-        print(f"anysat worker: invalid settings:\n{exc}", file=sys.stderr)
-        return 2
-    runner = load_runner(args.runner)
-    worker = Worker(settings, runner)
-    if settings.metrics_port is not None:
-        worker.metrics.serve(settings.metrics_port)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda _signum, _frame: worker.stop())
-    worker.run()
-    return 0
+    """``python -m service.engine.worker --runner module:factory``: a worker around any runner (the AnySat
+    model's is ``anysat worker``, ``service.runtime.worker``)."""
+    from service.engine.cli import worker_main
+
+    return worker_main(argv, WorkerSettings, prog="python -m service.engine.worker")
 
 
 if __name__ == "__main__":

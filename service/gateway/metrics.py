@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -31,6 +31,12 @@ class GatewayMetrics:
         self.rejected = Counter(
             "anysat_gateway_rejected", "Requests refused, by reason (error code or the limit's setting name).",
             ["reason"], registry=r)
+        self.in_flight = Gauge(
+            "anysat_gateway_in_flight", "Inference requests this gateway is working on (decoding, queued, waiting).",
+            registry=r)
+        self.worker_restarts = Counter(
+            "anysat_gateway_worker_restarts", "Local worker processes restarted by `anysat serve` after they exited.",
+            registry=r)
 
     def exposition(self, worker_metrics_dir: Path | None = None) -> bytes:
         """Text exposition of the gateway's metrics, plus local workers' summed from their directory."""

@@ -1,9 +1,11 @@
 """``anysat serve``: the gateway under uvicorn, plus (when ANYSAT_REDIS_URL is unset) a private Redis and
-local worker processes, so one command gives a working service.
+supervised local worker processes, so one command gives a working service.
 
     anysat serve                                     # $ANYSAT_CHECKPOINT, else artifacts/demo/encoder.safetensors
     anysat serve --checkpoint AnySat.pth             # the official weights
     ANYSAT_REDIS_URL=redis://10.0.0.5:6379/0 anysat serve   # gateway only; run `anysat worker`s yourself
+
+Every flag is a field of ``GatewaySettings`` (also read from ``ANYSAT_<FIELD>``).
 """
 
 from __future__ import annotations
@@ -13,17 +15,18 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import uvicorn
+from pydantic import ValidationError
 
-from service.engine.redis_server import EmbeddedRedis, _die_with_parent
-from service.gateway.settings import DEMO_CHECKPOINT, GatewaySettings
+from service.engine.cli import add_flags, explain, settings_from_args
+from service.engine.redis_server import EmbeddedRedis
+from service.gateway.settings import DEMO_CHECKPOINT, REPO, GatewaySettings
+from service.gateway.supervisor import WorkerSupervisor
 
 log = logging.getLogger("anysat.serve")
 
@@ -38,52 +41,36 @@ NO_CHECKPOINT = (
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="anysat serve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", help="encoder checkpoint (default: $ANYSAT_CHECKPOINT, else the demo encoder)")
-    p.add_argument("--heads-dir", help="directory of <name>.safetensors heads (default: $ANYSAT_HEADS_DIR)")
-    p.add_argument("--host", help="bind address (default: $ANYSAT_HOST or 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (default: $ANYSAT_PORT or 8000)")
-    p.add_argument("--workers", type=int, help="local worker processes with the embedded Redis (default 1)")
     p.add_argument("--log-level", default="info")
+    add_flags(p, GatewaySettings)
     return p
 
 
-def _start_workers(n: int, redis_url: str, settings: GatewaySettings, metrics_dir: Path,
-                   checkpoint: Path) -> list[subprocess.Popen[bytes]]:
+def _supervisor(settings: GatewaySettings, metrics_dir: Path, checkpoint: Path) -> WorkerSupervisor:
     env = {**os.environ, "ANYSAT_CHECKPOINT": str(checkpoint), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     if (heads := settings.resolved_heads_dir()) is not None:
         env["ANYSAT_HEADS_DIR"] = str(heads)
-    command = [sys.executable, "-m", "service.engine.worker", "--redis-url", redis_url,
-               "--runner", "service.runtime.runner:runner_from_env", "--prefix", settings.queue_prefix]
-    repo = Path(__file__).resolve().parents[2]
-    # The workers die with this process (PDEATHSIG) even if it is SIGKILLed.
-    return [subprocess.Popen(command, env=env, cwd=repo, preexec_fn=_die_with_parent) for _ in range(n)]
-
-
-def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
-    for p in processes:
-        if p.poll() is None:
-            p.terminate()  # SIGTERM: the worker finishes its batch and hands the rest back
-    for p in processes:
-        try:
-            p.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+    env["ANYSAT_EXPORT_DIR"] = str(settings.export_dir)
+    assert settings.redis_url is not None
+    command = [sys.executable, "-m", "service.runtime.worker", "--redis-url", settings.redis_url,
+               "--queue-prefix", settings.queue_prefix]
+    return WorkerSupervisor(command, settings.workers, env, REPO)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides: dict[str, Any] = {k: v for k, v in {
-        "checkpoint": args.checkpoint, "heads_dir": args.heads_dir, "host": args.host, "port": args.port,
-        "workers": args.workers}.items() if v is not None}
-    settings = GatewaySettings(**overrides)
+    try:
+        settings = settings_from_args(GatewaySettings, args)
+    except ValidationError as exc:
+        print(f"anysat serve: invalid settings:\n{explain(exc, GatewaySettings)}", file=sys.stderr)
+        return 2
     checkpoint = settings.resolved_checkpoint()
     if not checkpoint.is_file():
         print(NO_CHECKPOINT.format(path=checkpoint, demo=DEMO_CHECKPOINT), file=sys.stderr)
         return 2
     embedded: EmbeddedRedis | None = None
-    workers: list[subprocess.Popen[bytes]] = []
+    workers: WorkerSupervisor | None = None
     metrics_dir: Path | None = None
     try:
         if settings.redis_url is None:
@@ -95,19 +82,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = settings.model_copy(update={"redis_url": url, "worker_metrics_dir": metrics_dir,
                                                    "checkpoint": checkpoint,
                                                    "heads_dir": settings.resolved_heads_dir()})
-            workers = _start_workers(settings.workers, url, settings, metrics_dir, checkpoint)
-            log.info("embedded Redis at %s, %d worker(s)", url, len(workers))
-        log.info("serving %s on http://%s:%d (docs at /docs)", checkpoint, settings.host, settings.port)
+            workers = _supervisor(settings, metrics_dir, checkpoint)
         from service.gateway.app import create_app
 
+        app = create_app(settings)
+        if workers is not None:
+            gateway = app.state.gateway
+            workers.restarts_counter = gateway.metrics.worker_restarts
+            gateway.supervisor = workers
+            workers.start()
+            log.info("embedded Redis at %s, %d supervised worker(s)", settings.redis_url, settings.workers)
+        log.info("serving %s on http://%s:%d (docs at /docs)", checkpoint, settings.host, settings.port)
         # uvicorn re-raises the stop signal once it has shut down; with these handlers in place (it restores
         # them first) that ends here, and the cleanup below runs instead of the default handler killing us.
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda _signum, _frame: None)
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                    log_level=args.log_level.lower())
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level.lower())
     finally:
-        _stop(workers)
+        if workers is not None:
+            workers.stop()
         if embedded is not None:
             embedded.stop()
         if metrics_dir is not None:

@@ -11,6 +11,9 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.engine.settings import QueueSettings
+from service.runtime.settings import default_export_dir
+
 REPO = Path(__file__).resolve().parents[2]
 # What `anysat serve` serves when ANYSAT_CHECKPOINT is unset: the demo encoder training writes.
 DEMO_CHECKPOINT = REPO / "artifacts" / "demo" / "encoder.safetensors"
@@ -32,6 +35,8 @@ class GatewaySettings(BaseSettings):
                                    "with the demo encoder: artifacts/demo/heads")
     worker_metrics_dir: Path | None = Field(
         None, description="PROMETHEUS_MULTIPROC_DIR of local workers, summed into /metrics")
+    export_dir: Path = Field(default_factory=default_export_dir,
+                             description="the workers' export cache, listed by /v1/models (~/.cache/anysat/exports)")
 
     # --- limits (exceeding one: 413 or 422 naming it)
     max_body_bytes: int = Field(64 * 2**20, gt=0, description="request body size in bytes (413)")
@@ -41,6 +46,14 @@ class GatewaySettings(BaseSettings):
     max_tiles_per_request: int = Field(64, gt=0, description="tiles in one request (413)")
     max_patches_per_tile: int = Field(4096, gt=0, description="patches per tile, (side / patch_size)^2 (422)")
     max_form_parts: int = Field(256, gt=0, description="files + fields in one multipart request (413)")
+
+    # --- admission (exceeding one: 429 with Retry-After)
+    max_queue_depth: int = Field(10_000, gt=0, description="requests queued or running, all gateways together (429)")
+    max_in_flight: int = Field(
+        32, gt=0, description="requests this gateway process works on at once (decoding, queued, waiting); "
+                              "beyond it: 429 at once (bounds gateway memory under overload)")
+    overload_retry_after_s: float = Field(1.0, gt=0, description="Retry-After sent with a 429, in seconds")
+    payload_ttl_margin_s: float = Field(60.0, ge=0, description="a request's tensors outlive its deadline by this")
 
     # --- time
     request_deadline_s: float = Field(60.0, gt=0, description="queue deadline of a request; past it: 504")
@@ -71,6 +84,13 @@ class GatewaySettings(BaseSettings):
         if self.heads_dir is not None or self.checkpoint is not None:
             return self.heads_dir
         return DEMO_HEADS if DEMO_HEADS.is_dir() else None
+
+    @property
+    def queue(self) -> QueueSettings:
+        """The queue as this gateway uses it: admission happens here, in ``enqueue``."""
+        return QueueSettings(prefix=self.queue_prefix, max_queue_depth=self.max_queue_depth,
+                             overload_retry_after_s=self.overload_retry_after_s,
+                             payload_ttl_margin_s=self.payload_ttl_margin_s)
 
     def limits(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in type(self).model_fields if name.startswith("max_")}

@@ -12,10 +12,10 @@ from redis.retry import Retry
 from service.engine.connection import connect
 from service.engine.heartbeat import live_workers
 from service.engine.producer import Producer
-from service.engine.settings import QueueSettings
 from service.gateway.heads import HeadRegistry
 from service.gateway.metrics import GatewayMetrics
 from service.gateway.settings import GatewaySettings
+from service.gateway.supervisor import WorkerSupervisor
 from service.runtime.model_info import describe_checkpoint
 
 # BLPOP slices in Producer.wait_result are half the socket timeout (at most 1 s); this leaves room.
@@ -36,8 +36,9 @@ class Gateway:
         self.redis = connect(
             settings.redis_url, socket_connect_timeout=settings.redis_timeout_s, socket_timeout=_SOCKET_TIMEOUT_S,
             retry=Retry(NoBackoff(), 0))
-        self.queue_settings = QueueSettings(prefix=settings.queue_prefix)
+        self.queue_settings = settings.queue
         self._queue: Producer | None = None
+        self.supervisor: WorkerSupervisor | None = None  # set by `anysat serve` when it runs local workers
 
     def queue(self) -> Producer:
         # Built on first use, not at startup: the gateway must come up (and answer 503) while Redis is down.
@@ -46,15 +47,18 @@ class Gateway:
         return self._queue
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Ready = Redis answers and at least one worker heartbeat is fresh."""
+        """Ready = Redis answers and at least one worker heartbeat is fresh (and, under ``anysat serve``, at least
+        one local worker process is running: a killed worker's heartbeat outlives it by up to its TTL)."""
+        local = self.supervisor.status() if self.supervisor is not None else None
         try:
             self.redis.ping()
             workers = live_workers(self.redis, self.settings.queue_prefix)
         except redis.RedisError as exc:
-            return False, {"redis": f"unreachable: {type(exc).__name__}", "workers": None}
+            return False, {"redis": f"unreachable: {type(exc).__name__}", "workers": None, "local_workers": local}
         detail = {"redis": "ok", "workers": len(workers),
-                  "worker_states": sorted({w.state for w in workers})}
-        return bool(workers) and any(w.state == "running" for w in workers), detail
+                  "worker_states": sorted({w.state for w in workers}), "local_workers": local}
+        ready = bool(workers) and any(w.state == "running" for w in workers)
+        return ready and (local is None or bool(local["running"])), detail
 
     def checkpoint(self) -> dict[str, Any]:
         return describe_checkpoint(Path(self.settings.resolved_checkpoint()))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import hashlib
 import json
 import logging
@@ -29,21 +28,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
 
 from model import AnySat, create_model
 from model.checkpoint import file_sha256
-from model.export import OPSET, PlannedAnySat, export_onnx, traceable_example, with_date_masks
+from model.export import OPSET, check_export, export_onnx, export_torchscript, traceable_example
+from model.export import example_inputs as model_example_inputs
 from model.inputs import plan_inputs
-from model.sensors import SENSORS
 from service.engine.errors import GraphUnavailable
 from service.runtime.configuration import ModalityConfig
+from service.runtime.settings import RuntimeSettings
 
 MAX_EXPORT_ERROR = 1e-4
-DEFAULT_CACHE_GB = 20.0
 # After a configuration's export or load fails, its requests fail at once for this long: a failure that
 # recurs would otherwise cost an export attempt per batch (tens of seconds to minutes each).
 RETRY_FAILED_S = 60.0
@@ -58,17 +56,8 @@ class ExportError(RuntimeError):
 
 
 def example_inputs(config: ModalityConfig, batch: int = 1, dates: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random inputs of a configuration (sorted 1-based day-of-year dates), for tracing and checks."""
-    g = torch.Generator().manual_seed(seed)
-    data: dict[str, torch.Tensor] = {}
-    for name, side in config.modalities:
-        s = SENSORS[name]
-        if s.time_series:
-            data[name] = torch.randn(batch, dates, s.channels, side, side, generator=g)
-            data[f"{name}_dates"] = torch.sort(torch.randint(1, 366, (batch, dates), generator=g), dim=1).values
-        else:
-            data[name] = torch.randn(batch, s.channels, side, side, generator=g)
-    return with_date_masks(data)
+    """Random inputs of a configuration (see ``model.export.example_inputs``)."""
+    return model_example_inputs(config.modalities, batch, dates, seed)
 
 
 @dataclass(frozen=True)
@@ -87,14 +76,9 @@ def export_configuration(model: AnySat, config: ModalityConfig, out_dir: str | P
                          conditioning_factor: float = 2.0) -> ExportResult:
     """Write ONNX, TorchScript, the Triton repository and ``manifest.json`` into ``out_dir``.
 
-    Both artefacts are run on fresh random inputs at another batch size and date count than the
-    trace used, and compared with eager fp32 and with an fp64 eager run. An export is kept when it is
-    within ``max_error`` of eager fp32, or, failing that, when every output (eager fp32's included) is
-    within ``max(max_error, conditioning_factor × eager fp32's own error)`` of fp64: some outputs are
-    ill-conditioned in fp32 (measured: dense l8 of the demo encoder at 60 px, eager fp32 2e-4 from
-    fp64), and an export must not be refused for being as exact as eager. Otherwise nothing is kept
-    and ``ExportError`` is raised. The directory is built beside ``out_dir`` and renamed into place
-    atomically.
+    Both graphs are checked by ``model.export.check_export`` against eager fp32 and fp64 and kept only when
+    ``ExportCheck.accepted(max_error, conditioning_factor)``; otherwise nothing is kept and ``ExportError`` is
+    raised. The directory is built beside ``out_dir`` and renamed into place atomically.
     """
     if config.head is not None:
         raise ExportError("heads are applied after the encoder graph; export the head's encoder configuration")
@@ -106,18 +90,15 @@ def export_configuration(model: AnySat, config: ModalityConfig, out_dir: str | P
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         started = time.perf_counter()
-        names = export_onnx(model, example, tmp / "model.onnx", config.patch_size, config.output,
-                            config.output_modality)
-        plan = plan_inputs(example, config.patch_size, config.output, config.output_modality)
-        wrapper = PlannedAnySat(model, plan, names).eval()
-        with torch.no_grad():
-            traced = torch.jit.trace(wrapper, tuple(example[n] for n in names), check_trace=False)
-        traced.save(str(tmp / "model.ts"))
-        errors, exactness = _check(model, config, tmp, names)
-        allowed = max(max_error, conditioning_factor * exactness["eager"])
-        if not max(errors.values()) <= max_error and not max(exactness.values()) <= allowed:
-            raise ExportError(f"export of {config.key()} disagrees with eager PyTorch: max |err| {errors} > "
-                              f"{max_error:g}, and against fp64 {exactness} > {allowed:g}; nothing written")
+        args = (config.patch_size, config.output, config.output_modality)
+        names = export_onnx(model, example, tmp / "model.onnx", *args)
+        export_torchscript(model, example, tmp / "model.ts", *args)
+        check = check_export(model, config.modalities, *args, names, tmp / "model.onnx", tmp / "model.ts")
+        if not check.accepted(max_error, conditioning_factor):
+            allowed = max(max_error, conditioning_factor * check.vs_fp64["eager"])
+            raise ExportError(f"export of {config.key()} disagrees with eager PyTorch: max |err| {check.vs_eager} > "
+                              f"{max_error:g}, and against fp64 {check.vs_fp64} > {allowed:g}; nothing written")
+        errors, exactness = check.vs_eager, check.vs_fp64
         graph = onnx.load(str(tmp / "model.onnx"), load_external_data=False)
         manifest = {
             "name": name,
@@ -142,26 +123,6 @@ def export_configuration(model: AnySat, config: ModalityConfig, out_dir: str | P
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ExportResult(out_dir, json.loads((out_dir / "manifest.json").read_text()))
-
-
-def _check(model: AnySat, config: ModalityConfig, directory: Path, names: list[str]
-           ) -> tuple[dict[str, float], dict[str, float]]:
-    """Max |error| of eager fp32 and of each artefact against an fp64 eager run, and of each artefact
-    against eager fp32."""
-    data = example_inputs(config, batch=3, dates=9, seed=1)
-    for key in [k for k in data if k.endswith("_date_mask")][:1]:
-        data[key][1, 6:] = False  # one padded row, as served batches will have
-    kwargs = {"patch_size": config.patch_size, "output": config.output, "output_modality": config.output_modality}
-    with torch.no_grad():
-        outputs = {"eager": model(data, **kwargs).numpy(),
-                   "torchscript": torch.jit.load(str(directory / "model.ts"))(*[data[n] for n in names]).numpy()}
-        exact = copy.deepcopy(model).double()({k: v.double() if v.is_floating_point() else v
-                                               for k, v in data.items()}, **kwargs).numpy()
-    session = ort.InferenceSession(str(directory / "model.onnx"), providers=["CPUExecutionProvider"])
-    outputs["onnx"] = session.run(None, {n: data[n].numpy() for n in names})[0]
-    vs_eager = {k: float(np.abs(v - outputs["eager"]).max()) for k, v in outputs.items() if k != "eager"}
-    vs_fp64 = {k: float(np.abs(v - exact).max()) for k, v in outputs.items()}
-    return vs_eager, vs_fp64
 
 
 def _io(value: onnx.ValueInfoProto) -> dict[str, Any]:
@@ -353,10 +314,6 @@ def list_exports(root: str | Path | None) -> list[dict[str, Any]]:
     return out
 
 
-def default_export_dir() -> Path:
-    return Path(os.environ.get("ANYSAT_EXPORT_DIR") or Path.home() / ".cache" / "anysat" / "exports")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="anysat export", description="Export one modality configuration to "
                                      "ONNX, TorchScript and a Triton repository, checked against eager PyTorch.")
@@ -365,9 +322,10 @@ def main(argv: list[str] | None = None) -> int:
                         help='JSON: {"modalities": [["aerial", 300], ["s2", 6]], "patch_size": 20, "output": "tile"}')
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", type=Path, help="output directory (must not exist)")
-    where.add_argument("--cache", type=Path, nargs="?", const=default_export_dir(), metavar="DIR",
+    cache_dir = RuntimeSettings().export_dir
+    where.add_argument("--cache", type=Path, nargs="?", const=cache_dir, metavar="DIR",
                        help="into the workers' export cache instead, where they look it up for this checkpoint "
-                            f"(default DIR: $ANYSAT_EXPORT_DIR or ~/.cache/anysat/exports, now {default_export_dir()}),"
+                            f"(default DIR: $ANYSAT_EXPORT_DIR or ~/.cache/anysat/exports, now {cache_dir}),"
                             " so no request waits for it")
     parser.add_argument("--max-error", type=float, default=None,
                         help=f"largest error against eager PyTorch (default {MAX_EXPORT_ERROR:g}; --out only: "

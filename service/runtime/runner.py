@@ -16,8 +16,6 @@ import contextlib
 import ctypes
 import dataclasses
 import logging
-import math
-import os
 import sys
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -36,11 +34,9 @@ from model.sensors import SENSORS
 from service.engine.metrics import WorkerMetrics
 from service.engine.payload import STATS_SUFFIX
 from service.runtime.configuration import ModalityConfig
-from service.runtime.export import DEFAULT_CACHE_GB, ExportCache, default_export_dir
+from service.runtime.export import ExportCache
+from service.runtime.settings import DEFAULT_MAX_GRAPHS, RUNTIMES, RuntimeSettings
 from service.runtime.triton import TritonBackend
-
-RUNTIMES = ("eager", "onnx", "torchscript", "triton")
-DEFAULT_MAX_GRAPHS = 4
 
 log = logging.getLogger(__name__)
 
@@ -261,34 +257,16 @@ class ModelRunner:
         return [{"logits": row} for row in logits]
 
 
-def runner_from_env() -> ModelRunner:
-    """Factory for ``anysat worker --runner service.runtime.runner:runner_from_env``.
+def runner_from_settings(settings: RuntimeSettings) -> ModelRunner:
+    """The AnySat model runner a worker process serves: ``anysat worker``'s default runner."""
+    if settings.checkpoint is None:
+        raise ValueError("ANYSAT_CHECKPOINT (--checkpoint) is not set: the worker needs an encoder checkpoint")
+    return ModelRunner.from_checkpoint(settings.checkpoint, heads_dir=settings.heads_dir, runtime=settings.runtime,
+                                       export_dir=settings.export_dir, triton_url=settings.triton_url,
+                                       triton_repository=settings.triton_repository, max_graphs=settings.max_graphs,
+                                       cache_max_bytes=int(settings.export_cache_gb * 1e9))
 
-    ``ANYSAT_CHECKPOINT`` (required): an official AnySat ``.pth`` or our ``.safetensors``;
-    ``ANYSAT_HEADS_DIR`` (optional): directory of ``<name>.safetensors`` heads;
-    ``ANYSAT_RUNTIME``: ``onnx`` (default), ``torchscript``, ``triton`` or ``eager``;
-    ``ANYSAT_EXPORT_DIR``: the export cache (default ``~/.cache/anysat/exports``);
-    ``ANYSAT_EXPORT_CACHE_GB``: its size limit, least recently used exports removed first (default 20);
-    ``ANYSAT_MAX_GRAPHS``: configurations kept loaded by ``onnx`` / ``torchscript`` (default 4);
-    ``ANYSAT_TRITON_URL``, ``ANYSAT_TRITON_REPOSITORY``: for the ``triton`` runtime.
-    """
-    checkpoint = os.environ.get("ANYSAT_CHECKPOINT")
-    if not checkpoint:
-        raise ValueError("ANYSAT_CHECKPOINT is not set: the worker needs an encoder checkpoint")
-    raw_max_graphs = os.environ.get("ANYSAT_MAX_GRAPHS", str(DEFAULT_MAX_GRAPHS))
-    if not raw_max_graphs.strip().isdigit() or int(raw_max_graphs) < 1:
-        raise ValueError(f"ANYSAT_MAX_GRAPHS must be a whole number >= 1, got {raw_max_graphs!r}")
-    max_graphs = int(raw_max_graphs)
-    raw_cache_gb = os.environ.get("ANYSAT_EXPORT_CACHE_GB", str(DEFAULT_CACHE_GB))
-    try:
-        cache_gb = float(raw_cache_gb)
-    except ValueError:
-        cache_gb = math.nan
-    if not cache_gb > 0 or math.isinf(cache_gb):
-        raise ValueError(f"ANYSAT_EXPORT_CACHE_GB must be a positive number of GB, got {raw_cache_gb!r}")
-    export_dir = default_export_dir()
-    return ModelRunner.from_checkpoint(checkpoint, heads_dir=os.environ.get("ANYSAT_HEADS_DIR"),
-                                       runtime=os.environ.get("ANYSAT_RUNTIME", "onnx"), export_dir=export_dir,
-                                       triton_url=os.environ.get("ANYSAT_TRITON_URL"),
-                                       triton_repository=os.environ.get("ANYSAT_TRITON_REPOSITORY"),
-                                       max_graphs=max_graphs, cache_max_bytes=int(cache_gb * 1e9))
+
+def runner_from_env() -> ModelRunner:
+    """``--runner service.runtime.runner:runner_from_env``: the model runner configured by ``ANYSAT_*`` alone."""
+    return runner_from_settings(RuntimeSettings())

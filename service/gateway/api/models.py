@@ -11,7 +11,7 @@ from model.inputs import OUTPUTS
 from model.sensors import SENSORS
 from service.gateway.api.deps import GatewayDep
 from service.gateway.errors import ApiError
-from service.runtime.export import default_export_dir, list_exports
+from service.runtime.export import list_exports
 
 router = APIRouter(tags=["models"])
 
@@ -41,7 +41,7 @@ async def models(gateway: GatewayDep) -> dict[str, Any]:
         "sensors": [_sensor(n) for n in SENSORS],
         "heads": heads,
         # Exported lazily by the workers (one per batch key) into the shared export cache.
-        "exported_configurations": await run_in_threadpool(list_exports, default_export_dir()),
+        "exported_configurations": await run_in_threadpool(list_exports, gateway.settings.export_dir),
         "v2_models": [f"{gateway.settings.queue_prefix}-{o}" for o in OUTPUTS],
         "limits": gateway.settings.limits(),
     }
