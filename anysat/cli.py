@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("service.runtime.export:main",
                "export one modality configuration (ONNX, TorchScript, Triton repository)"),
     "train": ("training.cli:main", "pretrain (JEPA), fine-tune or probe; writes encoders and heads"),
+    "settings": ("anysat.settings_doc:main", "print every setting of the gateway and the worker (docs/settings.md)"),
     "stats": ("training.data.stats:main", "per-sensor, per-band normalisation statistics of a dataset"),
 }
 
