@@ -6,6 +6,7 @@ drift from the code: the test suite regenerates it and compares.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -42,10 +43,8 @@ def _default(cls: type[BaseSettings], name: str) -> str:
     if value is None or value == ():
         return "unset"
     if isinstance(value, Path):
-        try:
+        with contextlib.suppress(ValueError):  # outside the repository: shown as it is
             value = value.relative_to(Path(__file__).resolve().parents[1])
-        except ValueError:
-            pass
     return f"`{value}`"
 
 

@@ -2,7 +2,8 @@
 
 ``y = x * 2``; each result also reports the batch it ran in (``batch_id``, ``batch_size``), a
 CRC of the batch key the runner was given, and the worker's pid, so tests can check batch
-composition and who answered. Inputs with a ``poison`` tensor raise; a ``crash`` tensor kills the
+composition and who answered. Inputs with a ``poison`` tensor raise ``ValueError`` (bad input), a ``fault``
+tensor ``RuntimeError`` (the runner's own failure); a ``crash`` tensor kills the
 whole process (SIGKILL), as a segfaulting model would; an ``unavailable`` tensor makes the batch's graph
 unavailable (``GraphUnavailable``), as a failed export would.
 
@@ -41,6 +42,8 @@ class DoublingRunner:
             raise GraphUnavailable("could not build or load the graph of this configuration: export failed")
         if any("poison" in r for r in requests):
             raise ValueError("poison pill in this request")
+        if any("fault" in r for r in requests):
+            raise RuntimeError("the runner broke on /srv/secret/path (a bug, not the input)")
         batch_id = uuid.uuid4().int >> 65  # fits int64
         if self.mark_dir is not None:
             (self.mark_dir / f"batch-{batch_id}-{len(requests)}").touch()

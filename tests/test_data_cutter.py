@@ -16,7 +16,8 @@ from training.data.tilefile import read_sensor_file
 
 UTM = CRS.from_epsg(32632)
 E0, N0 = 500_000.0, 5_761_000.0  # UTM 32N at 9°E (its central meridian: no grid rotation), ~52°N
-LANDSAT = Path("/work/shared/data/landsat8/LC08_224078_20200518_crop512.tif")
+# The Landsat crop shipped with the repository (examples/data), found relative to this file.
+LANDSAT = Path(__file__).resolve().parents[1] / "examples" / "data" / "landsat8" / "LC08_224078_20200518_crop512.tif"
 
 
 def write(path: Path, data: np.ndarray, crs: CRS, tf: Affine, nodata: float | None = None) -> Path:

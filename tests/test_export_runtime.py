@@ -75,6 +75,7 @@ def test_export_writes_all_artefacts_and_manifest(small_export) -> None:
     assert out.shape == (3, 10, 256)
 
 
+@pytest.mark.slow
 def test_export_refuses_when_error_exceeds_limit(tiny, tmp_path) -> None:
     with pytest.raises(ExportError, match="disagrees with eager PyTorch"):
         export_configuration(tiny, SMALL, tmp_path / "strict", "sha", max_error=0.0, conditioning_factor=0.0)
@@ -96,6 +97,7 @@ def test_export_command(tmp_path, capsys) -> None:
     assert main(["--checkpoint", str(OFFICIAL_TINY), "--config", str(cfg), "--out", str(out)]) == 2
 
 
+@pytest.mark.slow
 def test_export_command_warms_the_workers_cache(tiny, tmp_path, capsys) -> None:
     """``--cache`` exports where a worker on the same checkpoint looks, so no request waits for the export."""
     cfg = tmp_path / "config.json"
@@ -118,6 +120,7 @@ def _race(root: str, queue: mp.Queue) -> None:
     queue.put((str(result.directory), hit))
 
 
+@pytest.mark.slow
 def test_cache_race_between_processes_leaves_one_complete_export(tmp_path) -> None:
     ctx = mp.get_context("spawn")
     results: mp.Queue = ctx.Queue()
@@ -167,6 +170,7 @@ def test_cache_hit_counts_as_use(tiny, tmp_path) -> None:
     assert (cache.path(SMALL) / "manifest.json").stat().st_mtime > time.time() - 60
 
 
+@pytest.mark.slow
 def test_export_removed_between_lookup_and_load_is_built_again(tiny, small_export, tmp_path) -> None:
     """Another worker's prune can land between a lookup and the session load; the load must not fail."""
 
@@ -238,6 +242,7 @@ def test_worker_serves_onnx_through_redis(tiny, cache, small_export, redis_url, 
         thread.join(timeout=30)
 
 
+@pytest.mark.slow
 def test_loaded_graphs_are_bounded_and_reloaded_from_disk(tiny, cache, small_export) -> None:
     """Each configuration is a session with its own weights and arena; a worker keeps ``max_graphs`` of
     them, least recently used unloaded first, and one needed again is reloaded from the export cache."""
@@ -334,6 +339,7 @@ def test_triton_runtime_against_v2_server(tiny, cache, small_export, tmp_path) -
         assert np.abs(result["embedding"] - _solo(tiny, request)).max() < 2e-5
 
 
+@pytest.mark.slow
 def test_ill_conditioned_output_is_judged_against_fp64(tmp_path) -> None:
     """The demo encoder's dense l8 map at 60 px: eager fp32 itself is ~2e-4 from fp64, so ONNX differs from
     eager by more than 1e-4 while being as exact; the masks of the default service depend on this export."""

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 from gateway_fixtures import REPO
 from test_gateway_errors import body
 
@@ -63,6 +64,7 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("ANYSAT_")}
 
 
+@pytest.mark.slow
 def test_serve_runs_gateway_redis_and_worker(reference_dir: Path) -> None:
     env = {**_clean_env(), "ANYSAT_CHECKPOINT": str(reference_dir / "anysat_tiny_seed0.pth")}
     with serving(env) as url:

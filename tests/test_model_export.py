@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 import torch
 
 from model.export import export_onnx, with_date_masks
 
 
+@pytest.mark.slow
 def test_treesat_onnx_dynamic_batch_and_dates(tmp_path, tiny, treesat) -> None:
     path = tmp_path / "treesat_ps20_tile.onnx"
     names = export_onnx(tiny, treesat, path, patch_size=20, output="tile")

@@ -98,6 +98,7 @@ def test_resume_gives_the_same_next_steps(synthetic_datasets: tuple[Path, Path],
     assert [r["loss"] for r in rows_a] == [r["loss"] for r in rows_b] and len(rows_a) == 4
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes(synthetic_datasets: tuple[Path, Path], tmp_path: Path) -> None:
     cfg = _config(synthetic_datasets, tmp_path / "ddp", steps=3)
     path = tmp_path / "cfg.json"

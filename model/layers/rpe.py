@@ -35,12 +35,14 @@ def rpe_buckets(grid: int, n_skip: int = 1) -> torch.Tensor:
 
 
 def rpe_bias(q: torch.Tensor, table_weight: torch.Tensor, buckets: torch.Tensor) -> torch.Tensor:
-    """``q [B, H, Lq, hd]``, ``table_weight [hd, 8]``, ``buckets [Lq, Lk]`` -> ``[B, 1, Lq, Lk]``.
+    """``q [B, H, Lq, hd]``, ``table_weight [hd, 8]``, ``buckets [Lq, Lk]`` (or per sample ``[B, Lq, Lk]``)
+    -> ``[B, 1, Lq, Lk]``.
 
     Only the *first head's* query enters the term, which then applies to every head: the official
     gather indexes the ``[B, H, Lq·8]`` lookup with a ``[B, 1, Lq·Lk]`` index, so it reads head 0
     alone. The released weights were trained that way, so parity requires it.
     """
     per_bucket = q[:, :1] @ table_weight  # (B, 1, Lq, 8)
-    index = buckets.to(q.device).expand(*per_bucket.shape[:2], *buckets.shape)
+    buckets = buckets.to(q.device)
+    index = buckets[:, None] if buckets.dim() == 3 else buckets.expand(*per_bucket.shape[:2], *buckets.shape)
     return torch.gather(per_bucket, -1, index)

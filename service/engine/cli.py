@@ -13,13 +13,17 @@ import signal
 import sys
 import types
 from collections.abc import Callable, Collection, Sequence
-from typing import Any, TypeVar, Union, get_args, get_origin
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import redis
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
+from service.engine.batching import Runner
+from service.engine.settings import WorkerSettings
+
 S = TypeVar("S", bound=BaseSettings)
+W = TypeVar("W", bound=WorkerSettings)
 
 
 def _scalar_type(annotation: Any) -> Any:
@@ -44,6 +48,8 @@ def add_flags(parser: argparse._ActionsContainer, cls: type[BaseSettings], skip:
             typed: dict[str, Any] = {"action": argparse.BooleanOptionalAction}
         elif get_origin(kind) is tuple:  # comma-separated values, split by the class's own validator
             typed = {"type": str}
+        elif get_origin(kind) is Literal:
+            typed = {"type": str, "choices": [str(a) for a in get_args(kind)]}
         else:
             typed = {"type": kind}
         parser.add_argument(f"--{name.replace('_', '-')}", **typed, default=None,
@@ -66,8 +72,8 @@ def explain(exc: ValidationError, cls: type[BaseSettings]) -> str:
     return "\n".join(lines)
 
 
-def worker_main(argv: Sequence[str] | None, cls: type[S], prog: str,
-                default_runner: Callable[[S], Any] | None = None) -> int:
+def worker_main(argv: Sequence[str] | None, cls: type[W], prog: str,
+                default_runner: Callable[[W], Runner] | None = None) -> int:
     """Parse flags into ``cls`` (a ``WorkerSettings``), build the runner, run one worker until SIGTERM/SIGINT."""
     from service.engine.worker import Worker, load_runner
 
@@ -90,11 +96,15 @@ def worker_main(argv: Sequence[str] | None, cls: type[S], prog: str,
         print(f"{prog}: no runner; pass --runner package.module:factory (or run `anysat worker`)", file=sys.stderr)
         return 2
     try:
-        runner = load_runner(spec, settings) if spec else default_runner(settings)  # type: ignore[misc]
+        if spec:
+            runner = load_runner(spec, settings)
+        else:
+            assert default_runner is not None  # refused above
+            runner = default_runner(settings)
     except ValidationError as exc:
         print(f"{prog}: invalid settings:\n{explain(exc, cls)}", file=sys.stderr)
         return 2
-    worker = Worker(settings, runner)  # type: ignore[arg-type]
+    worker = Worker(settings, runner)
     if worker.settings.metrics_port is not None:
         worker.metrics.serve(worker.settings.metrics_port)
     for sig in (signal.SIGTERM, signal.SIGINT):

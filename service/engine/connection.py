@@ -35,7 +35,7 @@ def connect(url: str, **kwargs: object) -> redis.Redis:
     # 6000: redis-py's own cutoff above which an argument is sent as it is, not joined into a buffer
     packer = PythonRespSerializer(6000, encoder.encode)
     return redis.Redis.from_url(url, socket_read_size=SOCKET_READ_SIZE, command_packer=packer,
-                                **kwargs)  # type: ignore[arg-type]
+                                **kwargs)
 
 
 def ensure_group(client: redis.Redis, settings: QueueSettings) -> None:

@@ -8,7 +8,7 @@ import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import numpy as np
 import redis
@@ -208,7 +208,7 @@ class Consumer:
         # In slices: the script unpacks ids into one call, and Lua refuses to unpack ~8000 values.
         for start in range(0, len(outcomes), _RESPOND_SLICE):
             keys: list[str] = [s.stream]
-            args: list[object] = [s.group, math.ceil(s.result_ttl_s * 1000)]
+            args: list[str | int | bytes] = [s.group, math.ceil(s.result_ttl_s * 1000)]
             for request, reply in outcomes[start : start + _RESPOND_SLICE]:
                 blob, outcome = _encode_reply(request.request_id, reply)
                 sent.append(outcome)
@@ -241,7 +241,8 @@ class Consumer:
             )
         ids = [r.entry_id for r in requests]
         # XDEL as well as XACK: acknowledged entries would otherwise stay in the stream forever.
-        pipe.xack(self.settings.stream, self.settings.group, *ids).xdel(self.settings.stream, *ids)
+        pipe.xack(self.settings.stream, self.settings.group, *ids)
+        pipe.xdel(self.settings.stream, *ids)
         pipe.execute()
 
     def prune_consumers(self, min_idle_ms: int, live: Iterable[str] = ()) -> list[str]:
@@ -269,7 +270,9 @@ class Consumer:
 
     def dead_letters(self, count: int = 100) -> list[dict[str, str]]:
         """The most recent dead-letter records, newest first (for operators and tests)."""
-        rows = self.redis.xrevrange(self.settings.dead_letter_stream, count=count)
+        # connect() never decodes responses: ids, field names and values are bytes.
+        rows = cast(list[tuple[bytes, dict[bytes, bytes]]],
+                    self.redis.xrevrange(self.settings.dead_letter_stream, count=count))
         return [{k.decode(): v.decode() for k, v in fields.items()} for _eid, fields in rows]
 
     # ------------------------------------------------------------------ internals
@@ -314,15 +317,16 @@ class Consumer:
             # Not written by enqueue(); nobody could be answered, so just drop them.
             log.warning("dropping %d malformed stream entries: %s", len(malformed), malformed)
             s = self.settings
-            self.redis.pipeline(transaction=True).xack(s.stream, s.group, *malformed).xdel(
-                s.stream, *malformed
-            ).execute()
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.xack(s.stream, s.group, *malformed)
+            pipe.xdel(s.stream, *malformed)
+            pipe.execute()
         if not parsed:
             return []
         blobs = dict(blobs or {})
         missing = [r for r in parsed if r.entry_id.encode() not in blobs]
         if missing:
-            fetched = self.redis.mget([r.payload_key for r in missing])
+            fetched = cast(list[bytes | None], self.redis.mget([r.payload_key for r in missing]))
             blobs.update((r.entry_id.encode(), blob) for r, blob in zip(missing, fetched, strict=True))
         return [_with_tensors(r, blobs[r.entry_id.encode()]) for r in parsed]
 

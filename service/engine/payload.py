@@ -66,7 +66,7 @@ def encode(tensors: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = N
         header[name] = {"dtype": dtype_name, "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
         offset += a.nbytes
         if a.nbytes:
-            buffers.append(memoryview(a.reshape(-1).view(np.uint8)))
+            buffers.append(a.reshape(-1).view(np.uint8).data)
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
     return b"".join([_HEADER_LEN.pack(len(text)), text, *buffers])

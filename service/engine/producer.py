@@ -6,6 +6,7 @@ import math
 import time
 import uuid
 from collections.abc import Mapping
+from typing import cast
 
 import numpy as np
 import redis
@@ -102,7 +103,7 @@ class Producer:
             popped = self.redis.blpop([key], timeout=max(0.01, min(remaining, self._blpop_slice_s)))
             if popped is not None:
                 break
-        tensors, meta = payload.decode(popped[1])
+        tensors, meta = payload.decode(cast(bytes, popped[1]))  # connect() never decodes replies
         if meta.get("status") == "error":
             raise failure(request_id, ErrorKind(meta["kind"]), str(meta.get("message", "")))
         return tensors

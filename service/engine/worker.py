@@ -4,8 +4,9 @@ One worker is one process with one consumer name in the shared group; N of them 
 need no other coordination. Its guarantees:
 
 - A batch holds one batch key; it is cut by ``Batcher`` (size or wait, oldest key first).
-- If the runner raises on a batch, each request is rerun alone; only those that still fail get
-  ``bad_request``. Nothing a request contains can end the loop. A runner that cannot build or load the
+- If the runner raises on a batch, each request is rerun alone; only those that still fail get an error:
+  ``bad_request`` for input errors (``ValueError``), ``internal_error`` for anything else (logged with its
+  traceback). Nothing a request contains can end the loop. A runner that cannot build or load the
   batch key's graph raises ``GraphUnavailable``: the whole batch gets ``model_unavailable`` at once.
 - Requests whose deadline passed are answered ``timed_out`` and never run.
 - Entries reclaimed from a dead worker are run alone: one of them may be what killed it, and
@@ -60,6 +61,8 @@ class Worker:
         if hasattr(runner, "attach_metrics"):  # runners that export lazily count cache hits/misses
             runner.attach_metrics(self.metrics)
         if client is None:
+            if settings.redis_url is None:
+                raise ValueError("WorkerSettings.redis_url is not set and no Redis client was given")
             # Blocking reads last up to read_block_ms; the socket timeout must outlast them.
             timeout_s = settings.read_block_ms / 1000 + 5
             client = connect(settings.redis_url, socket_timeout=timeout_s)
@@ -230,12 +233,12 @@ class Worker:
             self._batcher.answered(batch_key, newest)
 
     def _run(self, batch_key: str, batch: list[QueuedRequest]) -> list[Reply]:
-        inputs = [r.tensors for r in batch]
-        assert all(t is not None for t in inputs), "requests without tensors are answered in _admit"
+        inputs = [r.tensors for r in batch if r.tensors is not None]
+        assert len(inputs) == len(batch), "requests without tensors are answered in _admit"
         self.metrics.batch_size.observe(len(batch))
         started = time.perf_counter()
         try:
-            results = self.runner.run(batch_key, inputs)  # type: ignore[arg-type]
+            results = self.runner.run(batch_key, inputs)
             if len(results) != len(batch):
                 raise RuntimeError(f"runner returned {len(results)} results for {len(batch)} requests")
         except GraphUnavailable as exc:
@@ -243,8 +246,7 @@ class Worker:
             return [Err(ErrorKind.MODEL_UNAVAILABLE, str(exc)) for _ in batch]
         except Exception as exc:
             if len(batch) == 1:
-                log.info("request %s failed: %r", batch[0].request_id, exc)
-                return [Err(ErrorKind.BAD_REQUEST, f"{type(exc).__name__}: {exc}")]
+                return [_failed(batch[0], exc)]
             log.info("batch of %d (%s) failed (%r); rerunning one by one", len(batch), batch_key, exc)
             return [self._run(batch_key, [r])[0] for r in batch]
         finally:
@@ -300,6 +302,19 @@ class Worker:
         with self._held_lock:
             ids = [eid for eid, deadline in self._held.items() if deadline > now]
         self.queue.renew(self.consumer, ids)
+
+
+def _failed(request: QueuedRequest, exc: Exception) -> Err:
+    """The reply of a request that raised when run alone. ``ValueError`` (and its kin: payload errors) is what
+    input validation raises (the runner's shape checks, ``plan_inputs``): the request's fault, ``bad_request``.
+    Anything else — out of memory, a runtime error, a bug — is the worker's: ``internal_error`` with the
+    traceback in this log, and no server details in the reply."""
+    if isinstance(exc, ValueError):
+        log.info("request %s failed on its input: %r", request.request_id, exc)
+        return Err(ErrorKind.BAD_REQUEST, f"{type(exc).__name__}: {exc}")
+    log.error("request %s failed on the worker's side", request.request_id, exc_info=exc)
+    return Err(ErrorKind.INTERNAL, f"{type(exc).__name__} in the worker (its log has the traceback under request "
+                                   f"{request.request_id})")
 
 
 def _timed_out(request: QueuedRequest, now: float) -> Err:

@@ -9,11 +9,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from service.gateway.api import embeddings, health, masks, models, problems, v2
-from service.gateway.api.middleware import BodyLimitMiddleware, MetricsMiddleware
+from service.gateway.api.admission import InFlightLimitMiddleware
+from service.gateway.api.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
 from service.gateway.api.schemas import EmbeddingsJSON, MasksJSON
 from service.gateway.settings import GatewaySettings
 from service.gateway.state import Gateway
@@ -48,6 +50,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # An admitted request holds one thread at a time (prepare, then inference.run blocking until its reply).
+        # With Starlette's default 40 threads, requests past the 40th would wait for a thread, not in the queue:
+        # the queue never reached its limit and the waiting bodies piled up in gateway memory.
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        limiter.total_tokens = max(limiter.total_tokens, gateway.threads)
         yield
         gateway.close()
 
@@ -56,8 +63,15 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     problems.install(app)
     for router in (embeddings.router, masks.router, models.router, health.router, v2.router):
         app.include_router(router)
-    # Added last = outermost: metrics see every request, including those the body limit refuses.
+    # Added last = outermost: metrics see every request, including those the body limit or the in-flight cap
+    # refuses; the cap comes before anything reads the body.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, metrics=gateway.metrics)
+    app.add_middleware(InFlightLimitMiddleware, max_in_flight=settings.max_in_flight,
+                       retry_after_s=settings.overload_retry_after_s, metrics=gateway.metrics)
     app.add_middleware(MetricsMiddleware, metrics=gateway.metrics)
+    # Outermost of ours: every response (413s and 429s included) carries X-Request-ID, and an exception nothing
+    # handled is answered as a JSON 500 here, inside Starlette's ServerErrorMiddleware, which would drop the
+    # connection.
+    app.add_middleware(RequestIdMiddleware)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

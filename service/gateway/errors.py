@@ -102,7 +102,15 @@ class TooManyRequests(ApiError):
 
 
 class WorkerFailed(ApiError):
-    """The worker pool failed on its side (dead-lettered, payload lost, result unencodable)."""
+    """The worker pool failed on its side (dead-lettered, payload lost)."""
 
     status = 500
     code = "worker_failed"
+
+
+class InternalServerError(ApiError):
+    """A fault of the server, not of the request: a bug, out of memory, a runner that raised something other than
+    an input error. The message names what failed, never the server's paths; the log has the traceback."""
+
+    status = 500
+    code = "internal_error"

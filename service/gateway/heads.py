@@ -1,5 +1,6 @@
 """The heads the gateway can serve: ``<name>.safetensors`` files of the heads directory (the format
 ``model.heads.save_head`` / training writes). Only the metadata header is read here; workers load weights.
+The header also holds the normalisation statistics the head was fitted with (``recorded_stats``).
 
 A head is a linear map fitted on one encoder's features: on another encoder's it returns confident
 nonsense. Heads record the sha256 of the encoder they were fitted on, and a head whose encoder is not
@@ -15,6 +16,7 @@ from safetensors import safe_open
 from model.checkpoint import file_sha256
 from model.heads import HEAD_FORMAT, HeadConfig
 from service.gateway.errors import Conflict, InputError, NotFound
+from service.gateway.normalization import RecordedStats, parse_recorded
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -60,8 +62,14 @@ class HeadRegistry:
             self._cache[name] = (mtime, HeadConfig.from_json(meta["config"]))
         config = self._cache[name][1]
         served = self.encoder_sha256()
-        if config.encoder_sha256 and served and config.encoder_sha256 != served:
+        if config.encoder_sha256 and served and self.encoder is not None and config.encoder_sha256 != served:
             raise Conflict("head", f"head {name!r} was fitted on encoder sha256 {config.encoder_sha256[:12]}…, "
                                    f"but this gateway serves {self.encoder.name} ({served[:12]}…); serve it with "
                                    "its encoder, or fit it again on this one (anysat train probe)")
         return config
+
+    def recorded_stats(self, name: str) -> RecordedStats:
+        """The statistics head ``name`` was fitted with (``metadata["normalization"]``), labelled ``head:<name>``;
+        checked like ``config`` (404 / 409)."""
+        return RecordedStats(f"head:{name}", parse_recorded(self.config(name).metadata.get("normalization"),
+                                                            f"head {name}"))

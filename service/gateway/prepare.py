@@ -1,24 +1,27 @@
-"""Decoded tiles -> queue requests: limits, normalisation, georeference checks and the model's own shape
-validation (``model.plan_inputs`` on a batch of one), then the batch key (``ModalityConfig``).
+"""Decoded tiles -> queue requests: limits, crop to the patch grid (``crop=center``), normalisation (which
+statistics: ``service.gateway.normalization``), nodata as the model's value mask, georeference checks and the
+model's own shape validation (``model.plan_inputs`` on a batch of one), then the batch key (``ModalityConfig``).
 
 Every failure is an ``ApiError`` naming the field; nothing here can raise anything else on bad input.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from model.inputs import plan_inputs
-from model.normalize import UnknownStatisticsError, standardize, stats_for
+from model.normalize import standardize
 from model.sensors import MODALITIES, SENSORS, NormStats
 from service.engine.payload import STATS_SUFFIX
 from service.gateway.api.schemas import BandStats
+from service.gateway.crop import center_crop, check_fit
 from service.gateway.errors import InputError, LimitExceeded
 from service.gateway.georef import check_alignment, reference
 from service.gateway.inputs.tile import Georef, SensorInput, TileInput
+from service.gateway.normalization import NONE, REQUEST, SENSOR_TABLE, RecordedStats
 from service.gateway.settings import GatewaySettings
 from service.runtime.configuration import ModalityConfig
 
@@ -33,6 +36,10 @@ class Query:
     head: str | None = None
     normalize: str = "auto"
     stats: dict[str, BandStats] | None = None
+    # normalize=auto: statistics recorded by training, most specific first (the head's, then the checkpoint's);
+    # the sensor table's come after them.
+    recorded: tuple[RecordedStats, ...] = ()
+    crop: str = "none"  # "center": crop every sensor to the largest centred square that fits the patch grid
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,7 @@ class PreparedTile:
     tensors: dict[str, np.ndarray]  # the worker payload: raw values + stats (see _payload), int64 dates, no batch axis
     georef: Georef | None  # of the whole tile (first georeferenced sensor), for output grids
     side_m: float
+    normalization: dict[str, str] = field(default_factory=dict)  # sensor -> whose statistics (see _stats)
 
 
 def _check_sensor(name: str, s: SensorInput, settings: GatewaySettings) -> None:
@@ -102,15 +110,23 @@ def _whole(x: np.ndarray) -> bool:
     return bool(np.array_equal(sample, np.rint(sample)) and np.array_equal(flat, np.rint(flat)))
 
 
-def _stats(name: str, query: Query) -> NormStats | None:
-    """The statistics the worker normalises ``name`` with; None for ``normalize=none``."""
+def _stats(name: str, query: Query) -> tuple[NormStats | None, str]:
+    """The statistics the worker normalises ``name`` with (None for ``normalize=none``) and whose they are:
+    ``head:<name>`` / ``checkpoint`` (recorded by training), ``sensor table``, ``request`` or ``none``."""
     if query.normalize == "none":
-        return None
+        return None, NONE
     if query.normalize == "auto":
-        try:
-            return stats_for(name)
-        except UnknownStatisticsError as exc:
-            raise InputError("normalize", f"{exc} (normalize=custom with stats, or normalize=none)") from None
+        for recorded in query.recorded:
+            if name in recorded.stats:
+                return recorded.stats[name], recorded.label
+        table = SENSORS[name].stats
+        if table is not None:
+            return table, SENSOR_TABLE
+        searched = " or ".join([r.label for r in query.recorded] + ["the sensor table"])
+        raise InputError("normalize", f"{name}: no normalisation statistics for normalize=auto (none in "
+                                      f"{searched}); pass normalize=custom with stats (mean and std per band: "
+                                      f"{', '.join(SENSORS[name].bands)}), or normalize=none for values already "
+                                      "normalised")
     given = (query.stats or {}).get(name)
     if given is None:
         raise InputError("stats", f"normalize=custom needs stats for {name} (mean and std per band)")
@@ -120,24 +136,50 @@ def _stats(name: str, query: Query) -> NormStats | None:
                                           f"got {len(given.mean)} and {len(given.std)}")
     if min(given.std) <= 0:
         raise InputError(f"stats.{name}.std", "every std must be > 0")
-    return NormStats(tuple(given.mean), tuple(given.std), source="request")
+    return NormStats(tuple(given.mean), tuple(given.std), source="request"), REQUEST
 
 
-def _payload(name: str, s: SensorInput, query: Query) -> dict[str, np.ndarray]:
+def _value_mask(name: str, s: SensorInput) -> np.ndarray | None:
+    """The model's ``<name>_mask`` for the input's nodata: ``[T, 1|C, H, W]`` bool, True = a real value (1 on the
+    band axis when every band agrees); None when every value is real. The model replaces masked values by the
+    sensor's learned missing-value scalar, a mechanism its time-series tokenizer alone has."""
+    if s.valid is None:
+        return None
+    valid = np.broadcast_to(s.valid, s.data.shape)
+    if valid.all():
+        return None
+    if not valid.any():
+        raise InputError(s.field, f"every value of {name} is nodata (the file's nodata value or mask): nothing to "
+                                  f"embed; leave {name} out of the request")
+    if not SENSORS[name].time_series:
+        raise InputError(s.field, f"{valid.size - int(np.count_nonzero(valid))} of {valid.size} values of {name} "
+                                  "are nodata; the model has a missing-value mask for time series only, not for "
+                                  f"a single-date image like {name}: crop to valid ground, or fill the holes")
+    per_pixel = bool((valid == valid[:, :1]).all())
+    return np.ascontiguousarray(valid[:, :1] if per_pixel else valid)
+
+
+def _payload(name: str, s: SensorInput, query: Query) -> tuple[dict[str, np.ndarray], str]:
     """The sensor's raw values in a compact dtype, plus ``<name>_stats`` ([2, C]: means, stds) when the worker
-    is to normalise them. Checked here that the normalised values will be finite."""
-    x = wire_array(s.data)
+    is to normalise them and ``<name>_mask`` where the input declares nodata; and whose statistics they are.
+    Checked here that the normalised values will be finite. Masked values are sent as 0: the model replaces them."""
+    mask = _value_mask(name, s)
+    raw = s.data if mask is None or s.valid is None else np.where(s.valid, s.data, np.zeros((), s.data.dtype))
+    x = wire_array(raw)
     if x.dtype.kind == "f" and not np.isfinite(x).all():
-        raise InputError(s.field, "contains NaN or infinite values")
-    stats = _stats(name, query)
+        raise InputError(s.field, "contains NaN or infinite values (a GeoTIFF declaring NaN as its nodata value "
+                                  "marks them as missing)")
+    tensors = {name: x} if mask is None else {name: x, f"{name}_mask": mask}
+    stats, source = _stats(name, query)
     if stats is None:
-        return {name: x}
+        return tensors, source
     # Normalisation is monotonic per band, so each band's extremes bound all of its normalised values.
     axes = tuple(i for i in range(x.ndim) if i != x.ndim - 3)
     extremes = np.stack([x.min(axis=axes), x.max(axis=axes)], axis=-1)[..., None]  # [C, 2, 1]
     if not np.isfinite(standardize(extremes, stats.mean, stats.std)).all():
         raise InputError(s.field, "contains values that overflow float32 after normalisation")
-    return {name: x, f"{name}{STATS_SUFFIX}": np.asarray([stats.mean, stats.std], dtype=np.float32)}
+    tensors[f"{name}{STATS_SUFFIX}"] = np.asarray([stats.mean, stats.std], dtype=np.float32)
+    return tensors, source
 
 
 def _field_of(message: str, tile: TileInput) -> str:
@@ -159,12 +201,19 @@ def prepare_tile(tile: TileInput, query: Query, settings: GatewaySettings, field
         extra = [n for n in query.stats if n not in tile]
         if extra and query.normalize == "custom":
             raise InputError(f"stats.{extra[0]}", "statistics for a sensor that is not in the request")
+    if query.crop == "center":
+        tile = center_crop(tile, query.patch_size)
+    check_fit(tile, query.patch_size)
     check_alignment(tile)
     tensors: dict[str, np.ndarray] = {}
     shapes: dict[str, torch.Tensor] = {}
+    normalization: dict[str, str] = {}
     for name, s in tile.items():
-        tensors.update(_payload(name, s, query))
-        shapes[name] = torch.empty(()).expand(1, *s.data.shape)  # plan_inputs reads shapes only: no storage
+        payload, normalization[name] = _payload(name, s, query)
+        tensors.update(payload)
+        for key in (name, f"{name}_mask"):  # plan_inputs reads shapes only: no storage
+            if key in payload:
+                shapes[key] = torch.empty(()).expand(1, *payload[key].shape)
         if s.dates is not None:
             tensors[f"{name}_dates"] = s.dates.astype(np.int64)
             shapes[f"{name}_dates"] = torch.from_numpy(tensors[f"{name}_dates"])[None]
@@ -180,7 +229,15 @@ def prepare_tile(tile: TileInput, query: Query, settings: GatewaySettings, field
     ref = reference(tile)
     first = plan.modalities[0]
     side_m = first.sensor.gsd * tile[first.name].data.shape[-1]
-    return PreparedTile(config, tensors, ref[1] if ref else None, side_m)
+    return PreparedTile(config, tensors, ref[1] if ref else None, side_m, normalization)
+
+
+def normalization_used(tiles: list[PreparedTile]) -> dict[str, str]:
+    """Per sensor, whose statistics normalised it (one answer per sensor: the rule depends on the sensor only)."""
+    used: dict[str, str] = {}
+    for t in tiles:
+        used.update(t.normalization)
+    return used
 
 
 def prepare(tiles: list[TileInput], query: Query, settings: GatewaySettings) -> list[PreparedTile]:

@@ -46,14 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _supervisor(settings: GatewaySettings, metrics_dir: Path, checkpoint: Path) -> WorkerSupervisor:
+def _supervisor(settings: GatewaySettings, metrics_dir: Path, checkpoint: Path, log_level: str) -> WorkerSupervisor:
     env = {**os.environ, "ANYSAT_CHECKPOINT": str(checkpoint), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     if (heads := settings.resolved_heads_dir()) is not None:
         env["ANYSAT_HEADS_DIR"] = str(heads)
     env["ANYSAT_EXPORT_DIR"] = str(settings.export_dir)
     assert settings.redis_url is not None
     command = [sys.executable, "-m", "service.runtime.worker", "--redis-url", settings.redis_url,
-               "--queue-prefix", settings.queue_prefix]
+               "--queue-prefix", settings.queue_prefix, "--log-level", log_level]
     return WorkerSupervisor(command, settings.workers, env, REPO)
 
 
@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = settings.model_copy(update={"redis_url": url, "worker_metrics_dir": metrics_dir,
                                                    "checkpoint": checkpoint,
                                                    "heads_dir": settings.resolved_heads_dir()})
-            workers = _supervisor(settings, metrics_dir, checkpoint)
+            workers = _supervisor(settings, metrics_dir, checkpoint, args.log_level)
         from service.gateway.app import create_app
 
         app = create_app(settings)

@@ -28,7 +28,8 @@ class GatewaySettings(BaseSettings):
     # --- where things are
     redis_url: str | None = Field(
         None, description="Redis of the queue; unset: `anysat serve` starts a private one (embedded)")
-    queue_prefix: str = Field("anysat", min_length=1, description="key namespace; must equal the workers' --prefix")
+    queue_prefix: str = Field(
+        "anysat", min_length=1, description="key namespace (and v2 model-name prefix); must equal the workers'")
     checkpoint: Path | None = Field(
         None, description=f"encoder checkpoint served (official .pth or ours); unset: {DEMO_CHECKPOINT.name} demo")
     heads_dir: Path | None = Field(None, description="directory of <name>.safetensors heads (for /v1/masks); unset "
@@ -46,6 +47,15 @@ class GatewaySettings(BaseSettings):
     max_tiles_per_request: int = Field(64, gt=0, description="tiles in one request (413)")
     max_patches_per_tile: int = Field(4096, gt=0, description="patches per tile, (side / patch_size)^2 (422)")
     max_form_parts: int = Field(256, gt=0, description="files + fields in one multipart request (413)")
+    # What a body decodes to, which max_body_bytes does not bound (a 1.5 KB sparse GeoTIFF can claim 1.6 GB).
+    # 128 MiB holds a 2048 x 2048 x 4-band float32 (64 MiB) or float64 aerial tile, or an 11-band 512 x 512
+    # float32 series of 11 dates; 256 MiB per request keeps one payload well under Redis's 512 MB bulk-string cap.
+    max_decoded_bytes_per_sensor: int = Field(
+        128 * 2**20, gt=0, description="bytes one sensor of a tile decodes to (all files of a series together), "
+                                       "checked from headers before decoding, every encoding (413)")
+    max_decoded_bytes_per_request: int = Field(
+        256 * 2**20, gt=0, description="bytes all arrays of one request decode to, and what its JSON may parse "
+                                       "to (about 96 bytes per number), checked before decoding (413)")
 
     # --- admission (exceeding one: 429 with Retry-After)
     max_queue_depth: int = Field(10_000, gt=0, description="requests queued or running, all gateways together (429)")

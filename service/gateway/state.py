@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,17 @@ from service.engine.heartbeat import live_workers
 from service.engine.producer import Producer
 from service.gateway.heads import HeadRegistry
 from service.gateway.metrics import GatewayMetrics
+from service.gateway.normalization import RecordedStats, checkpoint_stats
 from service.gateway.settings import GatewaySettings
 from service.gateway.supervisor import WorkerSupervisor
 from service.runtime.model_info import describe_checkpoint
 
 # BLPOP slices in Producer.wait_result are half the socket timeout (at most 1 s); this leaves room.
 _SOCKET_TIMEOUT_S = 5.0
+_HOST = socket.gethostname()  # local workers' heartbeats carry this host
+# Threads for everything but admitted inference work (health, metrics, /v1/models, FastAPI's sync dependencies):
+# Starlette's default pool size, kept on top of max_in_flight.
+THREAD_RESERVE = 40
 
 
 class Gateway:
@@ -31,11 +37,16 @@ class Gateway:
         self.metrics = metrics or GatewayMetrics()
         self.heads = HeadRegistry(settings.resolved_heads_dir(), Path(settings.resolved_checkpoint()))
         self.heads.encoder_sha256()  # hash the checkpoint now, not inside the first request
+        # What the served checkpoint recorded from training (normalize=auto), read once from its header.
+        self.checkpoint_stats: RecordedStats = checkpoint_stats(Path(settings.resolved_checkpoint()))
         # No retries: an unreachable Redis must turn into a fast 503, not seconds of backoff; the pool
         # reconnects by itself on the next request once Redis is back.
+        # One connection per thread that may use Redis at once (each admitted request blocks on one while it
+        # waits for its reply): redis-py's default cap (100) would answer MaxConnectionsError past it.
+        self.threads = settings.max_in_flight + THREAD_RESERVE
         self.redis = connect(
             settings.redis_url, socket_connect_timeout=settings.redis_timeout_s, socket_timeout=_SOCKET_TIMEOUT_S,
-            retry=Retry(NoBackoff(), 0))
+            retry=Retry(NoBackoff(), 0), max_connections=self.threads)
         self.queue_settings = settings.queue
         self._queue: Producer | None = None
         self.supervisor: WorkerSupervisor | None = None  # set by `anysat serve` when it runs local workers
@@ -47,8 +58,9 @@ class Gateway:
         return self._queue
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Ready = Redis answers and at least one worker heartbeat is fresh (and, under ``anysat serve``, at least
-        one local worker process is running: a killed worker's heartbeat outlives it by up to its TTL)."""
+        """Ready = Redis answers and at least one worker heartbeat is fresh and running. Under ``anysat serve``
+        that heartbeat must be a running local worker's (matched by pid): a killed worker's heartbeat outlives it
+        by up to its TTL, and its restarted successor is not ready before it beats."""
         local = self.supervisor.status() if self.supervisor is not None else None
         try:
             self.redis.ping()
@@ -57,8 +69,10 @@ class Gateway:
             return False, {"redis": f"unreachable: {type(exc).__name__}", "workers": None, "local_workers": local}
         detail = {"redis": "ok", "workers": len(workers),
                   "worker_states": sorted({w.state for w in workers}), "local_workers": local}
-        ready = bool(workers) and any(w.state == "running" for w in workers)
-        return ready and (local is None or bool(local["running"])), detail
+        serving = [w for w in workers if w.state == "running"]
+        if local is not None:
+            serving = [w for w in serving if w.pid in local["pids"] and w.host == _HOST]
+        return bool(serving), detail
 
     def checkpoint(self) -> dict[str, Any]:
         return describe_checkpoint(Path(self.settings.resolved_checkpoint()))

@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import Counter
 
@@ -60,11 +61,13 @@ class WorkerSupervisor:
         with self._lock:
             return [s.process.pid for s in self._slots if s.process is not None and s.process.poll() is None]
 
-    def status(self) -> dict[str, object]:
-        """``{"expected", "running", "restarts", "restarting"}`` for ``/readyz``."""
+    def status(self) -> dict[str, Any]:
+        """``{"expected", "running", "pids", "restarts", "restarting"}`` for ``/readyz`` (``pids``: the running
+        workers', which readiness matches with heartbeats)."""
         with self._lock:
-            running = sum(1 for s in self._slots if s.process is not None and s.process.poll() is None)
-            return {"expected": self.n, "running": running, "restarts": sum(s.restarts for s in self._slots),
+            pids = [s.process.pid for s in self._slots if s.process is not None and s.process.poll() is None]
+            return {"expected": self.n, "running": len(pids), "pids": pids,
+                    "restarts": sum(s.restarts for s in self._slots),
                     "restarting": sum(1 for s in self._slots if s.restart_at is not None)}
 
     def stop(self, timeout_s: float = 30.0) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import math
 import zlib
 from typing import Any
 
@@ -18,6 +17,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.gateway.errors import InputError, LimitExceeded, MalformedRequest
+from service.gateway.inputs.budget import DecodeBudget, nbytes, shape_text
+from service.gateway.inputs.jsontext import loads
 
 DATATYPES: dict[str, str] = {"BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32",
                              "UINT64": "uint64", "INT8": "int8", "INT16": "int16", "INT32": "int32",
@@ -64,19 +65,19 @@ def decompress(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
     return out
 
 
-def parse_request(body: bytes, header_length: str | None) -> tuple[InferRequest, bytes]:
+def parse_request(body: bytes, header_length: str | None, max_parsed_bytes: int
+                  ) -> tuple[InferRequest, memoryview]:
+    """The JSON inference header (parsed in bounded memory, see ``jsontext``) and the binary section after it."""
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        if not (header_length.isascii() and header_length.isdigit()) or len(header_length) > 20 \
+                or int(header_length) > len(body):
             raise MalformedRequest("Inference-Header-Content-Length",
                                    f"{header_length!r} is not a length within the {len(body)}-byte body")
         n = int(header_length)
-        head, rest = body[:n], body[n:]
+        head, rest = body[:n], memoryview(body)[n:]  # the tensors' bytes: a view, not a copy
     else:
-        head, rest = body, b""
-    try:
-        raw = json.loads(head)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MalformedRequest("body", f"malformed JSON inference header: {exc}") from None
+        head, rest = body, memoryview(b"")
+    raw = loads(head, "body", max_parsed_bytes, "a JSON inference request {inputs: [...], parameters: {...}}")
     try:
         return InferRequest.model_validate(raw), rest
     except ValidationError as exc:
@@ -84,42 +85,68 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[InferRequest,
         raise InputError(".".join(str(p) for p in first["loc"]), first["msg"]) from None
 
 
-def input_arrays(request: InferRequest, binary: bytes, max_values: int) -> dict[str, np.ndarray]:
-    """Every input tensor as a numpy array of its declared datatype and shape."""
+def input_arrays(request: InferRequest, binary: bytes | memoryview, budget: DecodeBudget) -> dict[str, np.ndarray]:
+    """Every input tensor as a numpy array of its declared datatype and shape; every tensor's datatype x shape
+    is claimed from ``budget`` (the sensor with its dates as one) before any data is converted."""
+    sizes = [_claim(t, budget) for t in request.inputs]
     arrays: dict[str, np.ndarray] = {}
     offset = 0
-    for t in request.inputs:
-        field = f"inputs[{t.name}]"
-        if t.datatype not in DATATYPES:
-            raise InputError(f"{field}.datatype", f"{t.datatype!r} is not one of {', '.join(DATATYPES)}")
+    for t, expected in zip(request.inputs, sizes, strict=True):
+        field, shown = f"inputs[{t.name}]", shape_text(t.shape)
         if t.name in arrays:
             raise InputError(field, "given twice")
-        if any(not isinstance(n, int) or n < 0 for n in t.shape):
-            raise InputError(f"{field}.shape", f"dimensions must be non-negative integers, got {t.shape}")
-        count = math.prod(t.shape)
-        if count > max_values:
-            raise LimitExceeded("max_body_bytes", f"{field}.shape", f"shape {t.shape} is too large")
         dtype = np.dtype(DATATYPES[t.datatype]).newbyteorder("<")
+        count = expected // dtype.itemsize
         size = t.parameters.get("binary_data_size")
         if size is not None:
-            if not isinstance(size, int) or size != count * dtype.itemsize or offset + size > len(binary):
+            if not isinstance(size, int) or size != expected or offset + size > len(binary):
                 raise InputError(f"{field}.parameters.binary_data_size",
-                                 f"{size!r} bytes do not hold {t.datatype} {t.shape} within the binary section")
-            arrays[t.name] = np.frombuffer(binary[offset:offset + size], dtype=dtype).reshape(t.shape)
+                                 f"{size!r} bytes do not hold {t.datatype} {shown} within the binary section")
+            arrays[t.name] = np.frombuffer(binary, dtype=dtype, count=count, offset=offset).reshape(t.shape)
             offset += size
             continue
         if t.data is None:
             raise InputError(f"{field}.data", "no data and no binary_data_size")
-        try:
-            flat = np.asarray(t.data, dtype=dtype).reshape(-1)
-        except (ValueError, TypeError, OverflowError) as exc:
-            raise InputError(f"{field}.data", f"not {t.datatype} values: {exc}") from None
+        flat = _json_values(t.data, dtype, f"{field}.data", t.datatype)
         if flat.size != count:
-            raise InputError(f"{field}.data", f"{flat.size} values for shape {t.shape} ({count} expected)")
+            raise InputError(f"{field}.data", f"{flat.size} values for shape {shown} ({count} expected)")
         arrays[t.name] = flat.reshape(t.shape)
     if offset != len(binary):
         raise InputError("body", f"{len(binary) - offset} bytes of binary data belong to no input")
     return arrays
+
+
+def _claim(t: InputTensor, budget: DecodeBudget) -> int:
+    """Bytes tensor ``t`` decodes to (datatype and shape checked), claimed from ``budget``."""
+    field = f"inputs[{t.name}]"
+    if t.datatype not in DATATYPES:
+        raise InputError(f"{field}.datatype", f"{t.datatype!r} is not one of {', '.join(DATATYPES)}")
+    if any(not isinstance(n, int) or n < 0 for n in t.shape):
+        raise InputError(f"{field}.shape", f"dimensions must be non-negative integers, got {shape_text(t.shape)}")
+    size = nbytes(t.shape, np.dtype(DATATYPES[t.datatype]).itemsize)
+    budget.claim(f"{field}.shape", size, f"{t.datatype} {shape_text(t.shape)}", sensor=t.name.removesuffix("_dates"))
+    return size
+
+
+# What JSON numbers may fill each kind of tensor: no float (or NaN) silently truncated into an integer tensor.
+_SOURCE_KINDS = {"b": "b", "i": "biu", "u": "biu", "f": "biuf"}
+
+
+def _json_values(data: Any, dtype: np.dtype, field: str, datatype: str) -> np.ndarray:
+    """A tensor's JSON ``data`` (flat or nested lists) as a flat array of ``dtype``, or a 422 naming ``field``:
+    strings, objects, floats for an integer tensor and integers outside its range are refused, not cast."""
+    try:
+        values = np.asarray(data)
+    except (ValueError, TypeError, OverflowError) as exc:  # ragged lists
+        raise InputError(field, f"not {datatype} values: {exc}") from None
+    if values.size and values.dtype.kind not in _SOURCE_KINDS[dtype.kind]:
+        kind = "objects or integers beyond 64 bits" if values.dtype.kind == "O" else f"{values.dtype.name} values"
+        raise InputError(field, f"expected {datatype} values, got {kind}")
+    if values.size and dtype.kind in "iu" and values.dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if values.min() < info.min or values.max() > info.max:
+            raise InputError(field, f"values out of the {datatype} range [{info.min}, {info.max}]")
+    return values.astype(dtype).reshape(-1)
 
 
 def wants_binary(request: InferRequest, output: str) -> bool:

@@ -4,7 +4,10 @@ forward pass and back into per-request results.
 Request tensors (no batch axis): ``<m>`` float32 normalised ``[C, H, W]`` or ``[T, C, H, W]``, and
 ``<m>_dates`` int64 ``[T]`` (day of year, 1 January = 1) for each series. Requests of one batch may
 have different date counts: series are padded to the longest and the padding masked out
-(``<m>_date_mask``), which leaves every result equal to a solo run.
+(``<m>_date_mask``), which leaves every result equal to a solo run. A series may carry ``<m>_mask``
+(bool ``[T, 1|C, H, W]``, True = a real value; the input's nodata): eager passes it to the model, which
+replaces masked values by the sensor's learned missing-value scalar; exported graphs take no mask, so that
+replacement is done on their inputs instead (``fill_masked``) — the same values reach the same layers.
 Results: ``{"embedding": array}`` (the output kind's shape without the batch axis) or, when the
 configuration names a head, ``{"logits": [K] or [K, H, W]}`` — a configuration with a head uses the
 head's output kind: ``tile`` for classification, ``dense`` of the head's modality for segmentation.
@@ -31,6 +34,7 @@ from model.checkpoint import file_sha256
 from model.heads import Head, load_head
 from model.normalize import standardize
 from model.sensors import SENSORS
+from model.tokenizers import LTAETokenizer
 from service.engine.metrics import WorkerMetrics
 from service.engine.payload import STATS_SUFFIX
 from service.runtime.configuration import ModalityConfig
@@ -62,6 +66,41 @@ def stack_requests(config: ModalityConfig, requests: Sequence[Mapping[str, np.nd
         for i, (a, t) in enumerate(zip(arrays, dates, strict=True)):
             d[i, : len(t)], mask[i, : len(a)] = t, True
         batch[f"{name}_dates"], batch[f"{name}_date_mask"] = d, mask
+        value_mask = _stack_value_masks(name, requests, x.shape)
+        if value_mask is not None:
+            batch[f"{name}_mask"] = value_mask
+    return batch
+
+
+def _stack_value_masks(name: str, requests: Sequence[Mapping[str, np.ndarray]], shape: tuple[int, ...]
+                       ) -> np.ndarray | None:
+    """``<name>_mask`` of the batch ``[B, T, 1|C, H, W]`` (1 on the band axis unless a request masks bands
+    apart), or None when no request has one. Requests without a mask, and padded dates (already out of the
+    model's sight through ``<name>_date_mask``), are all valid."""
+    masks = [r.get(f"{name}_mask") for r in requests]
+    if all(m is None for m in masks):
+        return None
+    b, _, c, h, w = shape
+    bands = c if any(m is not None and m.shape[1] != 1 for m in masks) else 1
+    out = np.ones((b, shape[1], bands, h, w), np.bool_)
+    for i, m in enumerate(masks):
+        if m is None:
+            continue
+        if m.ndim != 4 or m.shape[0] > shape[1] or m.shape[1] not in (1, c) or m.shape[2:] != (h, w):
+            raise ValueError(f"{name}_mask: shape {list(m.shape)} does not fit this batch's {list(shape[1:])}")
+        out[i, : m.shape[0]] = m
+    return out
+
+
+def fill_masked(batch: dict[str, np.ndarray], model: AnySat) -> dict[str, np.ndarray]:
+    """``batch`` for a graph that takes no ``<m>_mask``: each masked value set to the sensor's learned
+    missing-value scalar (what the model's tokenizer does with the mask), the masks dropped. In place."""
+    for key in [k for k in batch if k.endswith("_mask") and not k.endswith("_date_mask")]:
+        name, valid = key.removesuffix("_mask"), batch.pop(key)
+        projector = model.projectors[name] if name in model.projectors else None  # noqa: SIM401 (no .get)
+        if isinstance(projector, LTAETokenizer):  # else the graph refuses the sensor on its own
+            pad = projector.pad_parameter.detach().to(torch.float32).numpy()
+            np.copyto(batch[name], pad, where=~valid)
     return batch
 
 
@@ -248,6 +287,8 @@ class ModelRunner:
         batch = stack_requests(config, requests)
         # The head runs here, after the graph: backends see the encoder configuration without it, so a
         # head shares the encoder export of its modality configuration (the batch key still has it).
+        if not isinstance(self.backend, EagerBackend):
+            batch = fill_masked(batch, self.model)
         features = self.backend.forward(dataclasses.replace(config, head=None), batch)
         if config.head is None:
             return [{"embedding": row} for row in features]

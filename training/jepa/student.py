@@ -3,9 +3,10 @@
 ``AnySat.forward_fusion`` runs the joint blocks over every patch and queries the combiner at every
 position. The student must instead see only its context patches: the per-modality tokens of the
 context patches are gathered (padded to the longest context in the batch, padding hidden from
-attention by a ``-inf`` key bias), the joint blocks run on them alone, and the combiner is queried
-only at context positions with its RPE bucket table restricted to those positions. With an empty
-mask this reproduces ``forward_fusion`` exactly (tested); no weight here is the student's own.
+attention by a ``-inf`` key bias passed as the blocks' ``attn_mask``), the joint blocks run on them alone,
+and the combiner is queried only at context positions with its RPE bucket table restricted to those
+positions. With an empty mask this reproduces ``forward_fusion`` exactly (tested); no weight here is the
+student's own, and every block runs through its public ``forward``.
 """
 
 from __future__ import annotations
@@ -15,52 +16,16 @@ from torch import nn
 
 from model.encoder import AnySat
 from model.inputs import Plan
-from model.layers.attention import Block, CombinerBlock, attention
+from model.layers.attention import Block
 from model.layers.pos_embed import grid_pos_embed
 from model.layers.rpe import rpe_buckets
 from training.jepa.masks import StudentMasks, apply_masks
-
-
-def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    """``[B, L, D] -> [B, H, L, D/H]``."""
-    b, n, d = x.shape
-    return x.reshape(b, n, heads, d // heads).transpose(1, 2)
-
-
-def _merge(x: torch.Tensor) -> torch.Tensor:
-    """``[B, H, L, hd] -> [B, L, H·hd]``."""
-    b, h, n, hd = x.shape
-    return x.transpose(1, 2).reshape(b, n, h * hd)
 
 
 def key_bias(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``valid [B, L]`` bool -> additive attention bias ``[B, 1, 1, L]``: 0 for real keys, -inf for padding."""
     bias = torch.zeros(valid.shape, dtype=dtype, device=valid.device).masked_fill(~valid, float("-inf"))
     return bias[:, None, None, :]
-
-
-def block_forward(block: Block, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``Block.forward`` with an additive attention bias (key padding). Plain attention only."""
-    attn = block.attn
-    assert attn.rpe_table is None and not attn.flash_layout_bug, "training needs plain joint attention"
-    b, n, _ = x.shape
-    qkv = attn.qkv(block.norm1(x)).reshape(b, n, 3, attn.heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    x = x + attn.proj(_merge(attention(qkv[0], qkv[1], qkv[2], bias)))
-    return x + block.mlp(block.norm2(x))
-
-
-def combiner_forward(combiner: CombinerBlock, x: torch.Tensor, query_pos: torch.Tensor,
-                     buckets: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """``CombinerBlock.forward`` with per-sample queries ``query_pos [B, Q, D]``, per-sample RPE buckets
-    ``[B, Q, L]`` and a key bias ``[B, 1, 1, L]`` -> ``[B, Q, D]``."""
-    att = combiner.attn
-    h = combiner.norm1(x)
-    q = _heads(att.q_learned + query_pos, att.heads)  # (B, H, Q, hd)
-    per_bucket = q[:, :1] @ att.rpe_table[0]  # (B, 1, Q, 8): first head only, as the model (rpe.py)
-    rpe = torch.gather(per_bucket, -1, buckets[:, None])  # (B, 1, Q, L)
-    k, v = _heads(att.wk(h), att.heads), _heads(att.wv(h), att.heads)
-    y = att.proj(_merge(attention(q, k, v, rpe + bias)))
-    return y + combiner.mlp(combiner.norm2(y))
 
 
 def student_fusion(encoder: AnySat, patch_tokens: list[torch.Tensor], context: torch.Tensor | None,
@@ -91,9 +56,10 @@ def student_fusion(encoder: AnySat, patch_tokens: list[torch.Tensor], context: t
     key_valid = torch.cat([torch.ones(b, n_skip, dtype=torch.bool, device=x.device), valid.repeat(1, k)], 1)
     bias = key_bias(key_valid, x.dtype)
 
-    # (2) joint transformer over context tokens only
+    # (2) joint transformer over context tokens only (a flash_layout_bug model mixes heads, not tokens: the
+    # blocks refuse a mask for it)
     for block in encoder.joint_blocks:
-        x = block_forward(block, x, bias)
+        x = block(x, attn_mask=bias)
 
     # (3) combiner queried at the context positions, RPE restricted to them
     full = rpe_buckets(plan.grid, n_skip).to(x.device)  # (n_skip + P, n_skip + P)
@@ -102,7 +68,7 @@ def student_fusion(encoder: AnySat, patch_tokens: list[torch.Tensor], context: t
     cols = torch.cat([skip, rows.repeat(1, k)], dim=1)  # (B, n_skip + K·N)
     buckets = full[rows[:, :, None], cols[:, None, :]]  # (B, N, n_skip + K·N)
     assert buckets.shape == (b, n, x.shape[1])
-    return combiner_forward(encoder.combiner, x, ctx_pos, buckets, bias)  # (B, N, D)
+    return encoder.combiner(x, ctx_pos, buckets, bias)  # per-sample queries and buckets: (B, N, D)
 
 
 class Predictor(nn.Module):

@@ -12,7 +12,7 @@ from service.gateway.api.deps import ApiKey, GatewayDep
 from service.gateway.api.docs import request_body
 from service.gateway.api.schemas import EmbeddingOptions, EmbeddingsJSON
 from service.gateway.inputs.request import read_request
-from service.gateway.prepare import PreparedTile, Query, prepare
+from service.gateway.prepare import PreparedTile, Query, normalization_used, prepare
 
 router = APIRouter(tags=["embeddings"], dependencies=[ApiKey])
 
@@ -41,12 +41,12 @@ async def embeddings(request: Request, gateway: GatewayDep) -> Response:
     fmt = outputs.choose_format(options.format, request.headers.get("accept"))
     outputs.check_format(fmt, len(tiles), options.output != "all", "output=all (tile token + patch grid)")
     query = Query(options.patch_size, options.output, options.output_modality, None, options.normalize,
-                  options.stats)
+                  options.stats, recorded=(gateway.checkpoint_stats,), crop=options.crop)
     prepared = await run_in_threadpool(prepare, tiles, query, settings)
     results = await run_in_threadpool(inference.run, gateway, prepared)
     arrays = [r["embedding"] for r in results]
     meta = {"output": options.output, "patch_size": options.patch_size,
-            "output_modality": prepared[0].config.output_modality}
+            "output_modality": prepared[0].config.output_modality, "normalization": normalization_used(prepared)}
     if fmt == "npy":
         return outputs.binary(fmt, outputs.stack(arrays, "embedding"), meta)
     if fmt == "npz":

@@ -16,7 +16,8 @@ from service.gateway.api.schemas import MaskOptions, MasksJSON
 from service.gateway.errors import InputError
 from service.gateway.inputs.request import read_request
 from service.gateway.inputs.tile import TileInput
-from service.gateway.prepare import Query, prepare
+from service.gateway.normalization import RecordedStats
+from service.gateway.prepare import Query, normalization_used, prepare
 
 router = APIRouter(tags=["masks"], dependencies=[ApiKey])
 
@@ -29,7 +30,8 @@ def _probabilities(logits: np.ndarray, config: HeadConfig) -> np.ndarray:
     return (e / e.sum(axis=0, keepdims=True)).astype(np.float32)
 
 
-def _query(head: str, config: HeadConfig, options: MaskOptions, tiles: list[TileInput]) -> Query:
+def _query(head: str, config: HeadConfig, options: MaskOptions, tiles: list[TileInput],
+           recorded: tuple[RecordedStats, ...]) -> Query:
     if options.patch_size is not None and options.patch_size != config.patch_size:
         raise InputError("patch_size", f"head {head!r} was fitted at {config.patch_size} m, got {options.patch_size}")
     for tile in tiles:
@@ -38,8 +40,9 @@ def _query(head: str, config: HeadConfig, options: MaskOptions, tiles: list[Tile
             raise InputError(tile[extra[0]].field,
                              f"head {head!r} was fitted on {', '.join(config.modalities)}; it cannot use {extra[0]}")
     if config.kind == "segmentation":
-        return Query(config.patch_size, "dense", config.output_modality, head, options.normalize, options.stats)
-    return Query(config.patch_size, "tile", None, head, options.normalize, options.stats)
+        return Query(config.patch_size, "dense", config.output_modality, head, options.normalize, options.stats,
+                     recorded, options.crop)
+    return Query(config.patch_size, "tile", None, head, options.normalize, options.stats, recorded, options.crop)
 
 
 @router.post("/v1/masks", summary="Class maps from a head", openapi_extra=request_body(MaskOptions, MasksJSON, True),
@@ -52,12 +55,16 @@ async def masks(request: Request, gateway: GatewayDep) -> Response:
     config = gateway.heads.config(options.head)
     fmt = outputs.choose_format(options.format, request.headers.get("accept"))
     outputs.check_format(fmt, len(tiles), True)
-    prepared = await run_in_threadpool(prepare, tiles, _query(options.head, config, options, tiles), settings)
+    # normalize=auto: the statistics the head was fitted with come first, then the encoder checkpoint's.
+    recorded = (gateway.heads.recorded_stats(options.head), gateway.checkpoint_stats)
+    query = _query(options.head, config, options, tiles, recorded)
+    prepared = await run_in_threadpool(prepare, tiles, query, settings)
     results = await run_in_threadpool(inference.run, gateway, prepared)
     probs = [_probabilities(r["logits"], config) for r in results]
     maps = [outputs.class_map(p) for p in probs]
     nodata = maps[0][1]
-    meta: dict[str, Any] = {"head": options.head, "kind": config.kind, "nodata": nodata}
+    meta: dict[str, Any] = {"head": options.head, "kind": config.kind, "nodata": nodata,
+                            "normalization": normalization_used(prepared)}
     if fmt == "npy":
         return outputs.binary(fmt, outputs.stack([m for m, _ in maps], "class map"), meta)
     if fmt == "npz":
@@ -72,9 +79,10 @@ async def masks(request: Request, gateway: GatewayDep) -> Response:
         grids.append(t.georef.resampled(w, h) if t.georef else None)
     if fmt == "geotiff":
         band = maps[0][0].reshape(1, *(maps[0][0].shape if maps[0][0].ndim == 2 else (1, 1)))
-        colormap = None
+        colormap: dict[int, tuple[int, int, int, int]] | None = None
         if config.colours and band.dtype == np.uint8:
-            colormap = {i: (*(int(c[j:j + 2], 16) for j in (1, 3, 5)), 255) for i, c in enumerate(config.colours)}
+            colormap = {i: (int(c[1:3], 16), int(c[3:5], 16), int(c[5:7], 16), 255)
+                        for i, c in enumerate(config.colours)}
         tiff = outputs.geotiff(band, grids[0], nodata=nodata, descriptions=["class"],
                                tags={"classes": ",".join(config.class_names), "head": options.head}, colormap=colormap)
         return outputs.binary(fmt, tiff, meta)

@@ -1,23 +1,68 @@
-"""Pure ASGI middleware: the body-size limit (before anything is parsed) and request metrics."""
+"""Pure ASGI middleware: request ids and the last-resort 500, the body-size limit (before anything is parsed)
+and request metrics."""
 
 from __future__ import annotations
 
 import json
+import re
 import time
+import uuid
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.gateway.api import problems
 from service.gateway.metrics import GatewayMetrics
+
+REQUEST_ID_HEADER = b"x-request-id"
+# A client's own id is kept when it is short and plain (it lands in logs and headers); else one is made.
+_SANE_ID = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9._:~+/=-]{0,127}$")
+
+
+class RequestIdMiddleware:
+    """Outermost: every request gets an id (the client's ``X-Request-ID`` if sane, else a new one) in
+    ``scope["state"]["request_id"]`` and as the ``X-Request-ID`` response header; error bodies and log lines
+    carry it. An exception nothing handled is answered here (``problems.unhandled``: a 500 in the JSON error
+    envelope, traceback logged) and not re-raised, so the server keeps the connection open for the next
+    request, which is what a client's pool expects. Once a response has started nothing can be sent: re-raised."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope.get("headers") or []).get(REQUEST_ID_HEADER, b"")
+        rid = given.decode() if _SANE_ID.match(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != REQUEST_ID_HEADER]
+                message = {**message, "headers": [*headers, (REQUEST_ID_HEADER, rid.encode())]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            if started:
+                raise
+            await problems.unhandled(Request(scope), exc)(scope, receive, send_with_id)
 
 
 class BodyTooLarge(Exception):
     """Raised from ``receive`` when the streamed body passes the limit (Content-Length lied or was absent)."""
 
 
-async def _send_413(send: Send, limit: int, path: str) -> None:
+async def _send_413(send: Send, limit: int, scope: Scope) -> None:
     message = f"body: larger than {limit} bytes (limit max_body_bytes)"
-    error: object = message if path.startswith("/v2") else {
-        "code": "limit_exceeded", "field": "body", "message": message, "limit": "max_body_bytes"}
+    error: object = message if scope.get("path", "").startswith("/v2") else {
+        "code": "limit_exceeded", "field": "body", "message": message, "limit": "max_body_bytes",
+        "request_id": scope.get("state", {}).get("request_id", "")}
     body = json.dumps({"error": error}).encode()
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
@@ -40,7 +85,7 @@ class BodyLimitMiddleware:
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             self._count()
-            await _send_413(send, self.max_bytes, scope.get("path", ""))
+            await _send_413(send, self.max_bytes, scope)
             return
         seen = 0
         started = False
@@ -65,7 +110,7 @@ class BodyLimitMiddleware:
             if started:
                 raise
             self._count()
-            await _send_413(send, self.max_bytes, scope.get("path", ""))
+            await _send_413(send, self.max_bytes, scope)
 
     def _count(self) -> None:
         if self.metrics is not None:

@@ -1,4 +1,4 @@
-"""``GET /v1/models``: the served checkpoint, sensors, output kinds, heads and limits."""
+"""``GET /v1/models``: the served checkpoint, the sensors its model takes, output kinds, heads and limits."""
 
 from __future__ import annotations
 
@@ -23,10 +23,17 @@ def _sensor(name: str) -> dict[str, Any]:
             "statistics": None if s.stats is None else {"source": s.stats.source, "suspect": s.stats.suspect}}
 
 
+def served_sensors(checkpoint: dict[str, Any]) -> list[str]:
+    """The sensors the served model has projectors for, in the sensor table's order; all of them when the
+    checkpoint cannot be read (its error is in ``checkpoint``, and a request says more)."""
+    taken = checkpoint.get("modalities")
+    return [n for n in SENSORS if taken is None or n in taken]
+
+
 @router.get("/v1/models", summary="What this gateway serves")
 async def models(gateway: GatewayDep) -> dict[str, Any]:
     checkpoint = await run_in_threadpool(gateway.checkpoint)
-    heads = []
+    heads: list[dict[str, Any]] = []
     for name in gateway.heads.names():
         try:
             c = gateway.heads.config(name)
@@ -38,7 +45,7 @@ async def models(gateway: GatewayDep) -> dict[str, Any]:
     return {
         "checkpoint": checkpoint,
         "outputs": list(OUTPUTS),
-        "sensors": [_sensor(n) for n in SENSORS],
+        "sensors": [_sensor(n) for n in served_sensors(checkpoint)],
         "heads": heads,
         # Exported lazily by the workers (one per batch key) into the shared export cache.
         "exported_configurations": await run_in_threadpool(list_exports, gateway.settings.export_dir),

@@ -1,8 +1,14 @@
 """The one place where exceptions become responses (the errors themselves: ``service.gateway.errors``).
 
-Every error body names what was wrong: ``{"error": {"code", "field", "message", "limit"?}}`` on /v1,
-``{"error": "<field>: <message>"}`` on /v2 (what the Open Inference Protocol and tritonclient read).
-Queue failures map as ``service.engine.errors`` suggests; Redis unreachable is a fast 503.
+Every error body names what was wrong: ``{"error": {"code", "field", "message", "limit"?, "request_id"}}`` on
+/v1, ``{"error": "<field>: <message>"}`` on /v2 (what the Open Inference Protocol and tritonclient read).
+Queue failures map as ``service.engine.errors`` suggests; Redis unreachable is a fast 503; a worker's own
+failure (``internal_error``) is a 500.
+
+Anything else raised while answering — a bug — is ``unhandled``: a 500 in the same envelope (code
+``internal_error``), its traceback logged with the request id. It is not registered as FastAPI's
+``Exception`` handler: Starlette runs that one in ``ServerErrorMiddleware``, which re-raises after answering,
+and uvicorn then drops the client's connection. ``RequestIdMiddleware`` calls it instead, and returns.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from service.gateway.errors import (
     ApiError,
     DeadlineExceeded,
     InputError,
+    InternalServerError,
     ModelUnavailableError,
     TooManyRequests,
     Unavailable,
@@ -40,6 +47,8 @@ def from_queue_error(exc: Exception) -> ApiError:
         return InputError("", f"the model rejected this input: {exc.message}")
     if isinstance(exc, queue_errors.ModelUnavailable):
         return ModelUnavailableError("", f"this configuration cannot be served right now: {exc.message}")
+    if isinstance(exc, queue_errors.InternalError):
+        return InternalServerError("", f"the worker failed on its side, not because of this input: {exc.message}")
     if isinstance(exc, queue_errors.RequestFailed):
         return WorkerFailed("", str(exc))
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
@@ -53,12 +62,34 @@ def _is_v2(request: Request) -> bool:
     return request.url.path.startswith("/v2")
 
 
+def request_id(request: Request) -> str:
+    """The id ``RequestIdMiddleware`` gave this request (also its ``X-Request-ID`` response header)."""
+    return str(request.scope.get("state", {}).get("request_id", ""))
+
+
 def render(request: Request, err: ApiError) -> JSONResponse:
+    if err.status >= 500:  # the server's side: worth a line an operator can find by the client's request id
+        log.error("request %s %s %s answered %d %s: %s", request_id(request), request.method, request.url.path,
+                  err.status, err.code, err)
+    return _response(request, err)
+
+
+def _response(request: Request, err: ApiError) -> JSONResponse:
     metrics = getattr(getattr(request.app.state, "gateway", None), "metrics", None)
     if metrics is not None:
         metrics.rejected.labels(reason=getattr(err, "limit", None) or err.code).inc()
-    content: dict[str, object] = {"error": str(err) if _is_v2(request) else err.body()}
-    return JSONResponse(content, status_code=err.status, headers=err.headers)
+    body = str(err) if _is_v2(request) else {**err.body(), "request_id": request_id(request)}
+    return JSONResponse({"error": body}, status_code=err.status, headers=err.headers)
+
+
+def unhandled(request: Request, exc: Exception) -> JSONResponse:
+    """The 500 of an exception no handler knows (a bug): the envelope, the traceback in the log."""
+    rid = request_id(request)
+    log.error("request %s %s %s failed: unhandled %s", rid, request.method, request.url.path,
+              type(exc).__name__, exc_info=exc)
+    err = InternalServerError("", f"internal error ({type(exc).__name__}); the server log has it under "
+                                  f"request id {rid}")
+    return _response(request, err)
 
 
 def install(app: FastAPI) -> None:

@@ -17,12 +17,15 @@ from model.inputs import OUTPUTS
 from model.sensors import SENSORS
 from service.gateway import inference
 from service.gateway.api.deps import ApiKey, GatewayDep
-from service.gateway.errors import InputError, NotFound
+from service.gateway.api.schemas import MAX_PATCH_SIZE_M
+from service.gateway.errors import InputError, LimitExceeded, NotFound
+from service.gateway.inputs.budget import DecodeBudget
 from service.gateway.inputs.dates import parse_dates
 from service.gateway.inputs.tile import SensorInput, TileInput
 from service.gateway.prepare import Query, prepare
+from service.gateway.settings import GatewaySettings
 from service.gateway.state import Gateway
-from service.gateway.v2_protocol import decompress, input_arrays, parse_request, response
+from service.gateway.v2_protocol import InferRequest, decompress, input_arrays, parse_request, response
 
 router = APIRouter(tags=["v2 (Open Inference Protocol)"])
 VERSION = "1"
@@ -81,7 +84,7 @@ async def model_ready(name: str, gateway: GatewayDep, version: str = VERSION) ->
     return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
 
 
-def _tiles(arrays: dict[str, np.ndarray], max_dates: int) -> list[TileInput]:
+def _tiles(arrays: dict[str, np.ndarray], max_dates: int, max_tiles: int) -> list[TileInput]:
     sensors = [k for k in arrays if not k.endswith("_dates")]
     for k in arrays:
         base = k.removesuffix("_dates")
@@ -96,6 +99,8 @@ def _tiles(arrays: dict[str, np.ndarray], max_dates: int) -> list[TileInput]:
     if len(batch) != 1 or 0 in batch:
         raise InputError("inputs", f"every sensor tensor needs the same batch size B >= 1 on axis 0, got {batch}")
     (b,) = batch
+    if b > max_tiles:  # before one SensorInput per tile is built
+        raise LimitExceeded("max_tiles_per_request", "inputs", f"batch size B = {b}, at most {max_tiles} tiles")
     tiles: list[TileInput] = []
     for i in range(b):
         tile: TileInput = {}
@@ -114,10 +119,13 @@ def _tiles(arrays: dict[str, np.ndarray], max_dates: int) -> list[TileInput]:
 
 def _query(kind: str, parameters: dict[str, Any]) -> Query:
     patch_size = parameters.get("patch_size")
-    if isinstance(patch_size, str) and patch_size.isdigit():
+    if isinstance(patch_size, str) and patch_size.isascii() and patch_size.isdigit() and len(patch_size) <= 12:
         patch_size = int(patch_size)
-    if not isinstance(patch_size, int) or isinstance(patch_size, bool) or patch_size <= 0:
-        raise InputError("parameters.patch_size", f"required: patch size in metres, got {patch_size!r}")
+    if not isinstance(patch_size, int) or isinstance(patch_size, bool) or not 0 < patch_size <= MAX_PATCH_SIZE_M:
+        big = isinstance(patch_size, int) and patch_size > MAX_PATCH_SIZE_M
+        shown = f"a number above {MAX_PATCH_SIZE_M}" if big else f"{patch_size!r}"[:40]
+        raise InputError("parameters.patch_size", f"required: patch size in metres, an integer in "
+                                                  f"1..{MAX_PATCH_SIZE_M}, got {shown}")
     normalize = parameters.get("normalize", "none")
     if normalize not in ("none", "auto"):
         raise InputError("parameters.normalize", f"expected 'none' or 'auto', got {normalize!r}")
@@ -125,6 +133,17 @@ def _query(kind: str, parameters: dict[str, Any]) -> Query:
     if modality is not None and not isinstance(modality, str):
         raise InputError("parameters.output_modality", "expected a sensor name")
     return Query(patch_size, kind, modality if kind == "dense" else None, None, normalize)
+
+
+def _decode(body: bytes, encoding: str | None, header_length: str | None, settings: GatewaySettings
+            ) -> tuple[InferRequest, dict[str, np.ndarray]]:
+    """The request and its input tensors; every size is checked before the data it bounds is decoded."""
+    body = decompress(body, encoding, settings.max_body_bytes)
+    req, binary = parse_request(body, header_length, settings.max_decoded_bytes_per_request)
+    for o in req.outputs or []:
+        if o.name != "embedding":
+            raise InputError(f"outputs[{o.name}]", "this model has one output, 'embedding'")
+    return req, input_arrays(req, binary, DecodeBudget.of(settings))
 
 
 @router.post("/v2/models/{name}/infer", summary="Inference (JSON or binary tensor extension)", dependencies=[ApiKey],
@@ -135,14 +154,14 @@ def _query(kind: str, parameters: dict[str, Any]) -> Query:
 async def infer(name: str, request: Request, gateway: GatewayDep, version: str = VERSION) -> Response:
     kind = _output_kind(gateway, name)
     settings = gateway.settings
-    body = decompress(await request.body(), request.headers.get("content-encoding"), settings.max_body_bytes)
-    req, binary = parse_request(body, request.headers.get("inference-header-content-length"))
-    for o in req.outputs or []:
-        if o.name != "embedding":
-            raise InputError(f"outputs[{o.name}]", "this model has one output, 'embedding'")
-    arrays = input_arrays(req, binary, settings.max_body_bytes)
+    body = await request.body()
+    # Inflating and parsing take CPU time: in a thread, so the event loop keeps answering others.
+    req, arrays = await run_in_threadpool(_decode, body, request.headers.get("content-encoding"),
+                                          request.headers.get("inference-header-content-length"), settings)
+    del body
     query = _query(kind, req.parameters)
-    prepared = await run_in_threadpool(prepare, _tiles(arrays, settings.max_dates_per_series), query, settings)
+    tiles = _tiles(arrays, settings.max_dates_per_series, settings.max_tiles_per_request)
+    prepared = await run_in_threadpool(prepare, tiles, query, settings)
     results = await run_in_threadpool(inference.run, gateway, prepared)
     embeddings = [r["embedding"].astype(np.float32) for r in results]
     if len({e.shape for e in embeddings}) > 1:

@@ -17,8 +17,10 @@ def day_of_year(value: int | str, field: str) -> int:
         doy = value
     else:
         text = str(value).strip()
-        if text.lstrip("-").isdigit():
-            doy = int(text)
+        digits = text.removeprefix("-")
+        if digits.isascii() and digits.isdigit():
+            # int() of a 5,000-digit string raises (Python caps str -> int at 4,300 digits): no day has 4 digits
+            doy = int(text) if len(digits) <= 4 else (-1 if text.startswith("-") else 10**4)
         else:
             try:
                 doy = dt.date.fromisoformat(text).timetuple().tm_yday
@@ -26,7 +28,8 @@ def day_of_year(value: int | str, field: str) -> int:
                 raise InputError(field, f"expected a day of year (1-366) or an ISO date YYYY-MM-DD, "
                                         f"got {text[:40]!r}") from None
     if not 1 <= doy <= 366:
-        raise InputError(field, f"day of year must be in 1..366 (1 January = 1), got {doy}")
+        shown = str(doy) if -10**6 < doy < 10**6 else f"a number of about {int(doy.bit_length() * 0.30103) + 1} digits"
+        raise InputError(field, f"day of year must be in 1..366 (1 January = 1), got {shown}")
     return doy
 
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from affine import Affine
 from pydantic import BaseModel, ValidationError
 
-from service.gateway.errors import InputError, MalformedRequest
-from service.gateway.inputs.arrays import from_base64
+from service.gateway.errors import InputError
+from service.gateway.inputs.arrays import claim_base64, from_base64
+from service.gateway.inputs.budget import DecodeBudget
 from service.gateway.inputs.dates import parse_dates
+from service.gateway.inputs.jsontext import loads
 from service.gateway.inputs.tile import Georef, SensorInput, TileInput
 from service.gateway.settings import GatewaySettings
 
@@ -30,19 +31,21 @@ def parse_model(model: type[BaseModel], data: Any, prefix: str = "") -> Any:
 
 
 def decode_json(body: bytes, model: type[BaseModel], settings: GatewaySettings) -> tuple[list[TileInput], Any]:
-    try:
-        raw = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MalformedRequest("body", f"malformed JSON: {exc}") from None
+    raw = loads(body, "body", settings.max_decoded_bytes_per_request, "a JSON object {tiles: [...], ...options}")
     if not isinstance(raw, dict):
         raise InputError("body", f"expected a JSON object, got {type(raw).__name__}")
     request = parse_model(model, raw)
+    del raw  # the parsed text can be as large as the arrays it decodes to
+    budget = DecodeBudget.of(settings)
+    for i, tile in enumerate(request.tiles):  # every shape claimed before any array is decoded
+        for name, s in tile.items():
+            claim_base64(s.dtype, s.shape, f"tiles[{i}].{name}", budget)
     tiles: list[TileInput] = []
     for i, tile in enumerate(request.tiles):
         decoded: TileInput = {}
         for name, s in tile.items():
             field = f"tiles[{i}].{name}"
-            data = from_base64(s.data, s.dtype, s.shape, field, settings.max_body_bytes)
+            data = from_base64(s.data, s.dtype, s.shape, field, None)
             dates = parse_dates(s.dates, f"{field}.dates", settings.max_dates_per_series) if s.dates else None
             georef = None
             if s.transform is not None:

@@ -11,17 +11,20 @@ from pydantic import BaseModel
 from model.sensors import MODALITIES, SENSORS
 from service.gateway.errors import InputError, LimitExceeded
 from service.gateway.inputs.arrays import from_npz
+from service.gateway.inputs.budget import DecodeBudget
 from service.gateway.inputs.dates import parse_dates
 from service.gateway.inputs.jsonbody import parse_model
+from service.gateway.inputs.jsontext import loads
 from service.gateway.inputs.tile import SensorInput, TileInput
 from service.gateway.settings import GatewaySettings
 
 
 def decode_npz(body: bytes, query: dict[str, str], model: type[BaseModel],
                settings: GatewaySettings) -> tuple[list[TileInput], Any]:
-    options = parse_model(model, {k: v for k, v in query.items() if k != "stats"} |
-                          ({"stats": _json(query["stats"])} if "stats" in query else {}))
-    arrays = from_npz(body, "body", settings.max_body_bytes)
+    stats = {"stats": loads(query["stats"], "stats", settings.max_decoded_bytes_per_request,
+                            "JSON {sensor: {mean: [...], std: [...]}}")} if "stats" in query else {}
+    options = parse_model(model, {k: v for k, v in query.items() if k != "stats"} | stats)
+    arrays = from_npz(body, "body", DecodeBudget.of(settings), settings.max_form_parts)
     tile: TileInput = {}
     for key in arrays:
         base = key.removesuffix("_dates")
@@ -44,12 +47,3 @@ def decode_npz(body: bytes, query: dict[str, str], model: type[BaseModel],
     if not tile:
         raise InputError("body", "the .npz holds no sensor arrays")
     return [tile], options
-
-
-def _json(text: str) -> Any:
-    import json
-
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError("stats", f"expected JSON: {exc}") from None

@@ -34,6 +34,9 @@ class SensorInput:
     dates: np.ndarray | None = None  # int64 [T], 1-based day of year
     georef: Georef | None = None
     dates_field: str = ""  # where its dates came from ("s2_dates", "tiles[0].s2.dates")
+    # Where the input declares nodata (a GeoTIFF's nodata value or mask): True = a real value, in a shape that
+    # broadcasts to ``data``'s (1 on the band or date axis when the mask holds for all). None = all values are real.
+    valid: np.ndarray | None = None
 
 
 TileInput = dict[str, SensorInput]
