@@ -112,8 +112,16 @@ def gateway_service(redis_url: str, reference_dir: Path, tmp_path_factory: pytes
                                request_deadline_s=60, max_body_bytes=8 * 2**20, max_tiles_per_request=8,
                                _env_file=None)  # type: ignore[call-arg]
     # Its own model instance: the tests' direct model calls must not share one with the worker thread.
-    pool = WorkerPool(redis_url, prefix, ModelRunner(create_model(checkpoint=checkpoint), heads_dir=heads))
-    pool.start(1)
+    with running(settings, ModelRunner(create_model(checkpoint=checkpoint), heads_dir=heads)) as service:
+        yield service
+
+
+@contextmanager
+def running(settings: GatewaySettings, runner: ModelRunner, workers: int = 1) -> Iterator[Service]:
+    """A gateway on ``settings`` over HTTP, with ``workers`` worker threads running ``runner``; stops both."""
+    assert settings.redis_url is not None
+    pool = WorkerPool(settings.redis_url, settings.queue_prefix, runner)
+    pool.start(workers)
     app = create_app(settings)
     try:
         with serving(app) as url:

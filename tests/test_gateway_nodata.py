@@ -17,14 +17,13 @@ import pytest
 import rasterio
 import torch
 from affine import Affine
-from gateway_fixtures import Service, WorkerPool, serving, wait_ready
+from gateway_fixtures import Service, running
 from model_fixtures import OFFICIAL_TINY
 from rasterio.io import MemoryFile
 
 from model import AnySat, create_model
 from model.checkpoint import file_sha256
 from model.normalize import normalize
-from service.gateway.app import create_app
 from service.gateway.settings import GatewaySettings
 from service.runtime.configuration import ModalityConfig
 from service.runtime.export import ExportCache
@@ -73,15 +72,8 @@ def service(request: pytest.FixtureRequest, redis_url: str, cache: ExportCache) 
                                request_deadline_s=120, _env_file=None)  # type: ignore[call-arg]
     worker_model = model_with_pads()  # its own instance: the tests' direct calls must not share the worker's
     backend = EagerBackend(worker_model) if request.param == "eager" else ExportedBackend(cache, "onnx")
-    pool = WorkerPool(redis_url, prefix, ModelRunner(worker_model, backend))
-    pool.start(1)
-    app = create_app(settings)
-    try:
-        with serving(app) as url:
-            wait_ready(url)
-            yield Service(url, settings, pool, app)
-    finally:
-        pool.stop()
+    with running(settings, ModelRunner(worker_model, backend)) as service:
+        yield service
 
 
 def post(service: Service, files: dict[str, tuple[str, bytes]], **fields: str) -> httpx.Response:

@@ -18,7 +18,7 @@ import pytest
 import rasterio
 import torch
 from affine import Affine
-from gateway_fixtures import LANDSAT, Service, WorkerPool, serving, wait_ready
+from gateway_fixtures import LANDSAT, Service, running
 from rasterio.io import MemoryFile
 from rasterio.windows import Window
 
@@ -27,7 +27,6 @@ from model.checkpoint import read_metadata
 from model.heads import load_head, save_head
 from model.normalize import normalize
 from model.sensors import SENSORS, NormStats
-from service.gateway.app import create_app
 from service.gateway.inputs.arrays import to_base64 as b64_array
 from service.gateway.normalization import checkpoint_stats, parse_recorded
 from service.gateway.settings import DEMO_CHECKPOINT, DEMO_HEADS, GatewaySettings
@@ -47,15 +46,8 @@ def demo(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     prefix = f"d{uuid.uuid4().hex[:8]}"
     settings = GatewaySettings(redis_url=redis_url, queue_prefix=prefix, checkpoint=DEMO_CHECKPOINT, heads_dir=heads,
                                request_deadline_s=60, _env_file=None)  # type: ignore[call-arg]
-    pool = WorkerPool(redis_url, prefix, ModelRunner(create_model(checkpoint=DEMO_CHECKPOINT), heads_dir=heads))
-    pool.start(1)
-    app = create_app(settings)
-    try:
-        with serving(app) as url:
-            wait_ready(url)
-            yield Service(url, settings, pool, app)
-    finally:
-        pool.stop()
+    with running(settings, ModelRunner(create_model(checkpoint=DEMO_CHECKPOINT), heads_dir=heads)) as service:
+        yield service
 
 
 @pytest.fixture(scope="module")

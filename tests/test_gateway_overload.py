@@ -144,7 +144,9 @@ def test_queue_depth_from_the_environment_refuses_with_retry_after(
         for a in refused:
             assert a.headers["retry-after"] == "3"
             assert a.json["error"]["code"] == "overloaded" and "limit 4" in a.json["error"]["message"]
+            assert a.json["error"]["limit"] == "max_queue_depth"
         assert metric(url, "anysat_gateway_rejected_total", 'reason="max_in_flight"') == 0
+        assert metric(url, "anysat_gateway_rejected_total", 'reason="max_queue_depth"') == len(refused)
         assert metric(url, "anysat_gateway_in_flight") == 0
 
 

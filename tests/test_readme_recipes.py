@@ -114,3 +114,10 @@ def test_mask_the_shipped_landsat_crop(live: tuple[str, Path, dict[str, str]]) -
                                                               output_modality="l8"))[0]
     assert (classes == logits.argmax(0).numpy()).mean() > 0.99  # argmax ties at float noise aside
     assert len(np.unique(classes)) >= 2  # the window holds more than one land cover
+
+
+def test_the_readme_shows_the_recipes_as_they_are_run() -> None:
+    readme = (REPO / "README.md").read_text()
+    for name, text in recipes().items():
+        commands = "\n".join(line for line in text.strip().splitlines() if not line.startswith("#"))
+        assert commands and commands in readme, f"README's recipe {name!r} differs from docs/recipes.sh"

@@ -17,7 +17,7 @@ class ErrorKind(str, Enum):
     DEAD_LETTERED = "dead_lettered"  # delivered too many times (it keeps killing workers)
     BAD_REQUEST = "bad_request"  # the runner raised on this request alone
     PAYLOAD_MISSING = "payload_missing"  # its tensors expired before a worker read them
-    INTERNAL = "internal_error"  # the worker could not encode the model's result
+    INTERNAL = "internal_error"  # the worker failed on its side: a runner fault, or a result it could not encode
     MODEL_UNAVAILABLE = "model_unavailable"  # the graph of its configuration could not be built or loaded
 
 

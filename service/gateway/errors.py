@@ -97,8 +97,17 @@ class DeadlineExceeded(ApiError):
 
 
 class TooManyRequests(ApiError):
+    """Refused by admission control; ``limit`` names the setting that refused it (``max_queue_depth``)."""
+
     status = 429
     code = "overloaded"
+
+    def __init__(self, field: str, message: str, *, limit: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(field, message, headers=headers)
+        self.limit = limit
+
+    def body(self) -> dict[str, object]:
+        return {**super().body(), "limit": self.limit}
 
 
 class WorkerFailed(ApiError):

@@ -14,6 +14,7 @@ and uvicorn then drops the client's connection. ``RequestIdMiddleware`` calls it
 from __future__ import annotations
 
 import logging
+import math
 
 import redis
 from fastapi import FastAPI, Request
@@ -39,8 +40,8 @@ log = logging.getLogger(__name__)
 def from_queue_error(exc: Exception) -> ApiError:
     """The HTTP error of a queue or Redis failure."""
     if isinstance(exc, queue_errors.Overloaded):
-        retry = max(1, round(exc.retry_after_s))
-        return TooManyRequests("", str(exc), headers={"Retry-After": str(retry)})
+        retry = max(1, math.ceil(exc.retry_after_s))  # as the in-flight 429: whole seconds, never early
+        return TooManyRequests("", str(exc), limit="max_queue_depth", headers={"Retry-After": str(retry)})
     if isinstance(exc, (queue_errors.ResultTimeout, queue_errors.RequestTimedOut)):
         return DeadlineExceeded("", f"request deadline passed: {exc}")
     if isinstance(exc, queue_errors.BadRequest):
