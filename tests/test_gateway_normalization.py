@@ -126,6 +126,22 @@ def test_embeddings_use_the_checkpoints_recorded_statistics(demo: Service, demo_
     assert np.abs(served - want).max() < 1e-5
 
 
+def test_v2_auto_uses_the_checkpoints_recorded_statistics(demo: Service, l8: np.ndarray) -> None:
+    """v2 with normalize=auto normalises l8 as /v1 does (the checkpoint's statistics), not a 422."""
+    v1 = httpx.post(f"{demo.url}/v1/embeddings", files={"l8": ("scene.tif", l8_tif(l8))},
+                    data={"l8_dates": "139", "patch_size": "20", "format": "npy"}, timeout=60)
+    assert v1.status_code == 200, v1.text
+    x = l8.astype(np.float32)[None, None]
+    body = {"parameters": {"patch_size": 20, "normalize": "auto"}, "inputs": [
+        {"name": "l8", "datatype": "FP32", "shape": list(x.shape), "data": x.reshape(-1).tolist()},
+        {"name": "l8_dates", "datatype": "INT64", "shape": [1, 1], "data": [139]}]}
+    r = httpx.post(f"{demo.url}/v2/models/{demo.settings.queue_prefix}-tile/infer", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    (out,) = r.json()["outputs"]
+    served = np.asarray(out["data"], np.float32).reshape(out["shape"])
+    assert np.abs(served - np.load(io.BytesIO(v1.content))).max() < 1e-5
+
+
 def test_sources_on_a_checkpoint_that_recorded_nothing(gateway_service: Service) -> None:
     """The official-format checkpoint has no metadata: the sensor table, or what the request says."""
     s2 = {**b64_array(np.full((2, 10, 6, 6), 3000, np.uint16)), "dates": [10, 20]}

@@ -6,6 +6,7 @@ default: v2 tensors are model-ready; ``auto`` applies the sensor table). ``trito
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -159,7 +160,8 @@ async def infer(name: str, request: Request, gateway: GatewayDep, version: str =
     req, arrays = await run_in_threadpool(_decode, body, request.headers.get("content-encoding"),
                                           request.headers.get("inference-header-content-length"), settings)
     del body
-    query = _query(kind, req.parameters)
+    # normalize=auto: the served checkpoint's recorded statistics first, as on /v1 (v2 has no heads).
+    query = dataclasses.replace(_query(kind, req.parameters), recorded=(gateway.checkpoint_stats,))
     tiles = _tiles(arrays, settings.max_dates_per_series, settings.max_tiles_per_request)
     prepared = await run_in_threadpool(prepare, tiles, query, settings)
     results = await run_in_threadpool(inference.run, gateway, prepared)
