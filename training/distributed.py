@@ -71,4 +71,7 @@ def all_mean(value: float, info: DistInfo) -> float:
 
 def teardown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
+        # All ranks leave together: a rank that destroys its gloo group while rank 0 still writes the encoder
+        # was seen to abort at exit ("terminate called without an active exception", SIGABRT) in CI.
+        dist.barrier()
         dist.destroy_process_group()
