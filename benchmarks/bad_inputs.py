@@ -16,10 +16,6 @@ import base64
 import gzip
 import io
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +29,7 @@ from affine import Affine
 from rasterio.io import MemoryFile
 
 from benchmarks.proc import status_mb
+from benchmarks.stack import anysat_serve
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO.parent / "shared" / "fixtures" / "reference" / "anysat_tiny_seed0.pth"
@@ -153,29 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", dest="json_out", default=None, help="also write the results here")
     args = parser.parse_args(argv)
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     tmp = tempfile.mkdtemp(prefix="anysat-bad-")
     prefix = "anysat"
-    env = {**os.environ, "ANYSAT_CHECKPOINT": args.checkpoint, "ANYSAT_EXPORT_DIR": tmp, "ANYSAT_PORT": str(port),
-           "ANYSAT_RUNTIME": "eager", "PYTHONPATH": str(REPO), "ANYSAT_QUEUE_PREFIX": prefix}
-    env.pop("ANYSAT_REDIS_URL", None)
-    log = open(Path(tmp) / "serve.log", "wb")  # noqa: SIM115  (closed in finally)
-    serve = subprocess.Popen([sys.executable, "-m", "service.gateway.serve"], env=env, cwd=REPO, stdout=log,
-                             stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            raise SystemExit("service did not become ready in 300 s")
+    env = {"ANYSAT_CHECKPOINT": args.checkpoint, "ANYSAT_EXPORT_DIR": tmp, "ANYSAT_RUNTIME": "eager",
+           "ANYSAT_QUEUE_PREFIX": prefix}
+    with open(Path(tmp) / "serve.log", "wb") as log, anysat_serve(env, log=log) as serve:
+        url = serve.url
         # Warm-up: one real request, so lazy imports and first allocations are not charged to the first case.
         ok = httpx.post(f"{url}/v1/embeddings", json={"patch_size": 20, "tiles": [{"s2": _s2()}]}, timeout=120)
         assert ok.status_code == 200, ok.text
@@ -189,21 +169,14 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = res
             print(f"| {name} | {res['status']} | {res['seconds']} | {res['peak_growth_mb']} | {res['peak_mb']} | "
                   f"{res['connection_kept']} |", flush=True)
-            if serve.poll() is not None:
+            if serve.proc.poll() is not None:
                 print("gateway died", file=sys.stderr)
                 break
         if args.json_out:
             Path(args.json_out).write_text(json.dumps(results, indent=1))
         for name, res in results.items():
             print(f"{name}: {res['body']}")
-    finally:
-        serve.send_signal(signal.SIGTERM)
-        try:
-            serve.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            serve.kill()
-        log.close()
-        print(f"(serve log: {Path(tmp) / 'serve.log'})")
+    print(f"(serve log: {Path(tmp) / 'serve.log'})")
     return 0
 
 

@@ -21,9 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -34,6 +31,7 @@ import httpx
 import numpy as np
 
 from benchmarks.proc import status_mb
+from benchmarks.stack import anysat_serve
 
 REPO = Path(__file__).resolve().parents[1]
 TILE = REPO / "examples" / "data" / "treesatai-ts" / "Abies_alba_1_1005_WEFL_NLF"
@@ -53,48 +51,6 @@ def request_body(dates: int) -> bytes:
              "s2": {**_to_base64(s2.data[:dates].astype(np.uint16)), "dates": s2.dates[:dates].tolist()},
              "s1-asc": {**_to_base64(s1.data[:dates]), "dates": s1.dates[:dates].tolist()}}
     return json.dumps({"patch_size": 20, "output": "tile", "tiles": [tiles]}).encode()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Serve:
-    """``anysat serve`` in a subprocess (its own session, so its workers and Redis go with it)."""
-
-    def __init__(self, checkpoint: Path, max_in_flight: int, runtime: str, deadline_s: float) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ANYSAT_")}
-        env.update(ANYSAT_RUNTIME=runtime)  # read by the worker `anysat serve` starts
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.gateway.serve", "--checkpoint", str(checkpoint), "--port", str(self.port),
-             "--max-in-flight", str(max_in_flight), "--request-deadline-s", str(deadline_s),
-             "--log-level", "warning"], cwd=REPO, env=env, start_new_session=True)
-
-    def wait_ready(self, timeout_s: float = 180) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"anysat serve exited with {self.proc.returncode}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"anysat serve not ready after {timeout_s} s")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
 
 
 class PeakRss:
@@ -191,9 +147,9 @@ def _pct(values: list[float]) -> str:
 
 def run_mode(mode: str, args: argparse.Namespace, body: bytes) -> dict[str, str]:
     cap = args.max_in_flight if mode == "cap" else 100 * args.requests
-    serve = Serve(args.checkpoint, cap, args.runtime, args.deadline_s)
-    try:
-        serve.wait_ready()
+    flags = ["--checkpoint", str(args.checkpoint), "--max-in-flight", str(cap), "--request-deadline-s",
+             str(args.deadline_s), "--log-level", "warning"]
+    with anysat_serve({"ANYSAT_RUNTIME": args.runtime}, flags, ready_timeout_s=180) as serve:  # runtime: the worker's
         # Warm-up: the worker's first batch exports (onnx) or loads its graph; then batches of a few.
         for _ in range(2):
             r = httpx.post(f"{serve.url}/v1/embeddings", content=body, headers={"content-type": "application/json"},
@@ -207,8 +163,6 @@ def run_mode(mode: str, args: argparse.Namespace, body: bytes) -> dict[str, str]
         with PeakRss(serve.proc.pid) as peak, Probe(serve.url, small_body()) as probe:
             answers = asyncio.run(_burst(serve.url, body, args.requests, timeout_s=args.client_timeout_s))
         wall = time.perf_counter() - started
-    finally:
-        serve.stop()
     counts = Counter(s for s, _ in answers)
     return {
         "mode": mode, "max_in_flight": str(cap), "requests": str(args.requests),

@@ -12,19 +12,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 from benchmarks.proc import status_mb
+from benchmarks.stack import anysat_serve
 from service.client import AnySatClient
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,27 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", default=str(REPO / "artifacts" / "demo" / "encoder.safetensors"))
     args = parser.parse_args(argv)
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     tmp = tempfile.mkdtemp(prefix="anysat-soak-")
-    env = {**os.environ, "ANYSAT_CHECKPOINT": args.checkpoint, "ANYSAT_EXPORT_DIR": tmp, "ANYSAT_PORT": str(port),
-           "PYTHONPATH": str(REPO)}
-    env.pop("ANYSAT_REDIS_URL", None)
-    serve = subprocess.Popen([sys.executable, "-m", "service.gateway.serve"], env=env, cwd=REPO,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        else:
-            raise SystemExit("service did not become ready in 300 s")
+    env = {"ANYSAT_CHECKPOINT": args.checkpoint, "ANYSAT_EXPORT_DIR": tmp}
+    with open(os.devnull, "wb") as quiet, anysat_serve(env, log=quiet) as serve:
+        url = serve.url
 
         stop = threading.Event()
         done, errors = [0], [0]
@@ -136,12 +115,6 @@ def main(argv: list[str] | None = None) -> int:
             print("\nafter warm-up (2nd sample -> last): " + ", ".join(
                 f"{k} {warm[k]:.0f} -> {last.get(k, 0):.0f} MB ({last.get(k, 0) - warm[k]:+.0f})" for k in warm))
         print(f"{done[0]} requests answered, {errors[0]} errors, {args.callers} callers, {args.seconds:.0f} s")
-    finally:
-        serve.send_signal(signal.SIGTERM)
-        try:
-            serve.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            serve.kill()
     return 0
 
 

@@ -82,6 +82,12 @@ class AnySat(nn.Module):
     def embed_dim(self) -> int:
         return self.config.embed_dim
 
+    def missing_value(self, name: str) -> float | None:
+        """The learned value that replaces a series' inputs flagged invalid by ``<name>_mask`` (what a graph
+        without mask inputs must be fed instead); None for a sensor that takes no mask or is not in the model."""
+        projector = self.projectors[name] if name in self.projectors else None  # noqa: SIM401 (ModuleDict)
+        return float(projector.pad_parameter) if isinstance(projector, LTAETokenizer) else None
+
     def _init_weights(self) -> None:
         for p in (self.cls_token, self.patch_encoder.cls_token, self.combiner.attn.q_learned):
             nn.init.trunc_normal_(p, std=0.02)

@@ -140,12 +140,16 @@ class LTAETokenizer(nn.Module):
         self.pad_parameter = nn.Parameter(torch.zeros(()))
         self.patch_embed = LTAE(in_chans, dim, period, in_norm=in_norm)
 
+    def fill_missing(self, x: torch.Tensor, value_mask: torch.Tensor) -> torch.Tensor:
+        """``x`` with every value ``value_mask`` flags invalid (0) replaced by the learned missing value."""
+        return torch.where(value_mask == 0, self.pad_parameter.to(x.dtype), x)
+
     def forward(self, x: torch.Tensor, dates: torch.Tensor, pixels_per_patch: int, grid: int,
                 value_mask: torch.Tensor | None = None,
                 date_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``x [B, T, C, H, W]`` -> ``[B·grid², pixels_per_patch², D]``."""
         if value_mask is not None:
-            x = torch.where(value_mask == 0, self.pad_parameter.to(x.dtype), x)
+            x = self.fill_missing(x, value_mask)
         fmap = self.patch_embed(x, dates, date_mask)  # (B, D, H, W)
         d, p = fmap.shape[1], pixels_per_patch
         fmap = fmap.reshape(-1, d, grid, p, grid, p).permute(0, 2, 4, 3, 5, 1)  # (B, gr, gc, pr, pc, D)

@@ -180,7 +180,8 @@ def test_in_flight_cap_refuses_at_once_and_the_gauge_returns_to_zero(
         for a in refused:
             assert a.headers["retry-after"] == "2"
             assert a.json["error"] == {"code": "overloaded", "field": "", "limit": "max_in_flight",
-                                       "message": a.json["error"]["message"]}
+                                       "message": a.json["error"]["message"],
+                                       "request_id": a.headers["x-request-id"]}
         assert max(seen) == 4, seen
         assert metric(url, "anysat_gateway_in_flight") == 0
         assert metric(url, "anysat_gateway_rejected_total", 'reason="max_in_flight"') == len(refused)

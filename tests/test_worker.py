@@ -7,6 +7,7 @@ composition can be checked from the results alone.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -26,7 +27,14 @@ from runners import DoublingRunner
 
 from service.engine.batching import Batcher
 from service.engine.consumer import QueuedRequest
-from service.engine.errors import BadRequest, DeadLettered, ModelUnavailable, RequestFailed, RequestTimedOut
+from service.engine.errors import (
+    BadRequest,
+    DeadLettered,
+    InternalError,
+    ModelUnavailable,
+    RequestFailed,
+    RequestTimedOut,
+)
 from service.engine.heartbeat import live_workers
 from service.engine.metrics import WorkerMetrics, multiprocess_registry
 from service.engine.queue import RedisQueue
@@ -285,6 +293,38 @@ def test_thousands_of_requests_leave_nothing_behind(
         pipe.pttl(k)
     ttls = pipe.execute()
     assert all(0 < t <= 60_000 for t in ttls), sorted(ttls)[:5]  # pttl -1 would be a leak
+
+
+def test_runner_fault_is_internal_error_counted_and_logged_and_bad_input_stays_bad_request(
+    start_worker: Callable[..., tuple[Worker, DoublingRunner]], redis_client: redis.Redis, key_prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Whose fault: a request that fails alone on its input (``poison``: ValueError) is ``bad_request`` (422 at the
+    gateway); one the runner fails on for any other reason (``fault``: a RuntimeError standing in for a bug or out
+    of memory) is ``internal_error`` (500), counted in the outcome metric and logged with its traceback."""
+    q = RedisQueue(redis_client, QueueSettings(prefix=key_prefix))
+    good = [q.enqueue("k", x_of(i), deadline_s=10) for i in range(4)]
+    fault = q.enqueue("k", {**x_of(98), "fault": np.ones(1)}, deadline_s=10)
+    poison = q.enqueue("k", {**x_of(99), "poison": np.ones(1)}, deadline_s=10)
+    with caplog.at_level(logging.INFO, logger="service.engine.worker"):
+        w, runner = start_worker(max_batch_size=16, max_wait_ms=50)
+        with pytest.raises(InternalError) as internal:
+            q.wait_result(fault, 10)
+        with pytest.raises(BadRequest, match="ValueError: poison pill"):
+            q.wait_result(poison, 10)
+        for i, rid in enumerate(good):  # the batch failed once, then each ran alone: the innocent get results
+            np.testing.assert_array_equal(q.wait_result(rid, 10)["y"], x_of(i)["x"] * 2)
+    assert runner.calls[0] == ("k", 6) and [n for _, n in runner.calls[1:]] == [1] * 6
+    # The reply names the failure's type, not its message (server details stay in the log).
+    assert internal.value.kind.value == "internal_error" and "RuntimeError" in internal.value.message
+    assert "/srv/secret" not in internal.value.message and fault in internal.value.message
+    logged = [r for r in caplog.records if r.levelno == logging.ERROR and fault in r.getMessage()]
+    assert logged and logged[0].exc_info is not None and "secret" in str(logged[0].exc_info[1])
+    assert w.metrics.requests.labels(outcome="internal_error")._value.get() == 1
+    assert w.metrics.requests.labels(outcome="bad_request")._value.get() == 1
+    assert w.metrics.requests.labels(outcome="ok")._value.get() == 4
+    after = q.enqueue("k", x_of(5), deadline_s=10)  # the worker lives on
+    assert "y" in q.wait_result(after, 10)
 
 
 # ---------------------------------------------------------------------- worker processes

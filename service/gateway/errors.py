@@ -43,8 +43,9 @@ class LimitExceeded(ApiError):
 
     code = "limit_exceeded"
 
-    def __init__(self, limit: str, field: str, message: str, status: int = 413) -> None:
-        super().__init__(field, f"{message} (limit {limit})")
+    def __init__(self, limit: str, field: str, message: str, status: int = 413,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(field, f"{message} (limit {limit})", headers=headers)
         self.limit = limit
         self.status = status
 

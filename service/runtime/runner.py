@@ -34,7 +34,6 @@ from model.checkpoint import file_sha256
 from model.heads import Head, load_head
 from model.normalize import standardize
 from model.sensors import SENSORS
-from model.tokenizers import LTAETokenizer
 from service.engine.metrics import WorkerMetrics
 from service.engine.payload import STATS_SUFFIX
 from service.runtime.configuration import ModalityConfig
@@ -97,10 +96,9 @@ def fill_masked(batch: dict[str, np.ndarray], model: AnySat) -> dict[str, np.nda
     missing-value scalar (what the model's tokenizer does with the mask), the masks dropped. In place."""
     for key in [k for k in batch if k.endswith("_mask") and not k.endswith("_date_mask")]:
         name, valid = key.removesuffix("_mask"), batch.pop(key)
-        projector = model.projectors[name] if name in model.projectors else None  # noqa: SIM401 (no .get)
-        if isinstance(projector, LTAETokenizer):  # else the graph refuses the sensor on its own
-            pad = projector.pad_parameter.detach().to(torch.float32).numpy()
-            np.copyto(batch[name], pad, where=~valid)
+        pad = model.missing_value(name)
+        if pad is not None:  # else the graph refuses the sensor on its own
+            np.copyto(batch[name], np.float32(pad), where=~valid)
     return batch
 
 

@@ -10,13 +10,14 @@ Only inference routes are counted: health, metrics and model listing always answ
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.gateway.api import problems
+from service.gateway.errors import TooManyRequests
 from service.gateway.metrics import GatewayMetrics
 
 
@@ -72,7 +73,7 @@ class InFlightLimitMiddleware:
             scope["route"] = route  # what the router would set: request metrics label it by its template
             if self.metrics is not None:
                 self.metrics.rejected.labels(reason="max_in_flight").inc()
-            await self._send_429(send, route.path.startswith("/v2"))
+            await self._send_429(scope, receive, send)
             return
         self._add(1)
         try:
@@ -85,14 +86,9 @@ class InFlightLimitMiddleware:
         if self.metrics is not None:
             self.metrics.in_flight.set(self.in_flight)
 
-    async def _send_429(self, send: Send, v2: bool) -> None:
+    async def _send_429(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = (f"this gateway is working on {self.max_in_flight} requests, its limit (max_in_flight); "
                    f"retry in {self.retry_after} s")
-        error: object = message if v2 else {
-            "code": "overloaded", "field": "", "message": message, "limit": "max_in_flight"}
-        body = json.dumps({"error": error}).encode()
         # No "connection: close": uvicorn discards the unread body and keeps the connection for the retry.
-        await send({"type": "http.response.start", "status": 429,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"retry-after", self.retry_after.encode())]})
-        await send({"type": "http.response.body", "body": body})
+        err = TooManyRequests("", message, limit="max_in_flight", headers={"Retry-After": self.retry_after})
+        await problems.error_response(scope, err)(scope, receive, send)

@@ -3,7 +3,6 @@ and request metrics."""
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import uuid
@@ -12,6 +11,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.gateway.api import problems
+from service.gateway.errors import LimitExceeded
 from service.gateway.metrics import GatewayMetrics
 
 REQUEST_ID_HEADER = b"x-request-id"
@@ -58,16 +58,10 @@ class BodyTooLarge(Exception):
     """Raised from ``receive`` when the streamed body passes the limit (Content-Length lied or was absent)."""
 
 
-async def _send_413(send: Send, limit: int, scope: Scope) -> None:
-    message = f"body: larger than {limit} bytes (limit max_body_bytes)"
-    error: object = message if scope.get("path", "").startswith("/v2") else {
-        "code": "limit_exceeded", "field": "body", "message": message, "limit": "max_body_bytes",
-        "request_id": scope.get("state", {}).get("request_id", "")}
-    body = json.dumps({"error": error}).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
+async def _send_413(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    # Connection: close, as the rest of the body is not read.
+    err = LimitExceeded("max_body_bytes", "body", f"larger than {limit} bytes", headers={"Connection": "close"})
+    await problems.error_response(scope, err)(scope, receive, send)
 
 
 class BodyLimitMiddleware:
@@ -85,7 +79,7 @@ class BodyLimitMiddleware:
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             self._count()
-            await _send_413(send, self.max_bytes, scope)
+            await _send_413(scope, receive, send, self.max_bytes)
             return
         seen = 0
         started = False
@@ -110,7 +104,7 @@ class BodyLimitMiddleware:
             if started:
                 raise
             self._count()
-            await _send_413(send, self.max_bytes, scope)
+            await _send_413(scope, receive, send, self.max_bytes)
 
     def _count(self) -> None:
         if self.metrics is not None:

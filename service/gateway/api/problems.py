@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
 from service.engine import errors as queue_errors
 from service.gateway.errors import (
@@ -59,10 +60,6 @@ def from_queue_error(exc: Exception) -> ApiError:
     raise TypeError(f"not a queue error: {exc!r}")
 
 
-def _is_v2(request: Request) -> bool:
-    return request.url.path.startswith("/v2")
-
-
 def request_id(request: Request) -> str:
     """The id ``RequestIdMiddleware`` gave this request (also its ``X-Request-ID`` response header)."""
     return str(request.scope.get("state", {}).get("request_id", ""))
@@ -79,7 +76,15 @@ def _response(request: Request, err: ApiError) -> JSONResponse:
     metrics = getattr(getattr(request.app.state, "gateway", None), "metrics", None)
     if metrics is not None:
         metrics.rejected.labels(reason=getattr(err, "limit", None) or err.code).inc()
-    body = str(err) if _is_v2(request) else {**err.body(), "request_id": request_id(request)}
+    return error_response(request.scope, err)
+
+
+def error_response(scope: Scope, err: ApiError) -> JSONResponse:
+    """The answer to ``err`` (an ASGI app, so pure middleware can send it too): the /v1 envelope with the request
+    id, or the /v2 string. Counting it in the metrics is the caller's."""
+    v2 = str(scope.get("path", "")).startswith("/v2")
+    rid = str(scope.get("state", {}).get("request_id", ""))
+    body = str(err) if v2 else {**err.body(), "request_id": rid}
     return JSONResponse({"error": body}, status_code=err.status, headers=err.headers)
 
 
