@@ -16,6 +16,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                "export one modality configuration (ONNX, TorchScript, Triton repository)"),
     "train": ("training.cli:main", "pretrain (JEPA), fine-tune or probe; writes encoders and heads"),
     "settings": ("anysat.settings_doc:main", "print every setting of the gateway and the worker (docs/settings.md)"),
+    "predict": ("service.gateway.scenes.cli:main",
+                "a scene or region through the model, in-process: class map / embedding COG, tile GeoParquet"),
     "stats": ("training.data.stats:main", "per-sensor, per-band normalisation statistics of a dataset"),
 }
 

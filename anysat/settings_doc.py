@@ -25,6 +25,9 @@ SECTIONS = (
     ("Worker: `anysat worker`", "service.runtime.settings:ModelWorkerSettings",
      "One worker process: the engine's settings (queue, batching, heartbeats) and the model's (weights, runtime, "
      "export cache)."),
+    ("Scenes: `anysat predict`", "service.gateway.scenes.settings:PredictSettings",
+     "In-process scene inference: the model's settings (runtime defaults to eager here) and the job limits; "
+     "see [scenes.md](scenes.md)."),
 )
 
 

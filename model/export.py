@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -152,9 +154,7 @@ def check_export(model: AnySat, modalities: Sequence[tuple[str, int]], patch_siz
     used and with one padded row, against eager fp32 and an fp64 copy of the model."""
     import copy
 
-    import numpy as np
-    import onnxruntime as ort
-
+    ort = _onnxruntime()
     data = example_inputs(modalities, batch=3, dates=9, seed=1)
     for key in [k for k in data if k.endswith("_date_mask")][:1]:
         data[key][1, 6:] = False  # one padded row, as served batches will have
@@ -172,3 +172,116 @@ def check_export(model: AnySat, modalities: Sequence[tuple[str, int]], patch_siz
     vs_eager = {k: float(np.abs(v - outputs["eager"]).max()) for k, v in outputs.items() if k != "eager"}
     vs_fp64 = {k: float(np.abs(v - exact).max()) for k, v in outputs.items()}
     return ExportCheck(vs_eager, vs_fp64)
+
+
+# --- reduced precision -------------------------------------------------------------------------------------------
+
+# Ops an fp16 graph keeps in fp32 (beside ONNX Runtime's default block list): normalisations and softmax sum or
+# average many values, and their variance and exp overflow or lose the small differences they normalise in fp16's
+# 10-bit mantissa; reductions, powers and roots feed them. Matmuls and convolutions — the time — go to fp16.
+FP16_KEEP_FP32 = ("LayerNormalization", "GroupNormalization", "InstanceNormalization", "BatchNormalization",
+                  "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd",
+                  "ReduceL2", "ReduceSumSquare", "Pow", "Sqrt", "Reciprocal", "Exp", "Log", "Erf")
+MIN_COSINE = 0.999
+_ORT_MISSING = ('ONNX Runtime is not installed: pip install -e ".[serve,cpu]" here, or ".[serve,gpu]" on an NVIDIA '
+                "machine (never both)")
+
+
+def _onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise ImportError(f"{_ORT_MISSING} ({exc})") from exc
+    return onnxruntime
+
+
+def smooth_inputs(modalities: Sequence[tuple[str, int]], batch: int = 4, dates: int = 9,
+                  seed: int = 0) -> dict[str, torch.Tensor]:
+    """Inputs shaped like real normalised imagery, for judging reduced precision: spatially smooth fields (coarse
+    noise upsampled), correlated across bands and dates, ~unit variance per band, plus a little pixel noise.
+
+    White noise (``example_inputs``) is the worst case for nothing that matters here: it spreads attention evenly
+    and averages rounding errors away, and it is not what the graph will see."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    data: dict[str, torch.Tensor] = {}
+    for name, side in modalities:
+        s = SENSORS[name]
+        t = dates if s.time_series else 1
+        coarse = max(2, side // 8)
+
+        def field(n: int, t: int = t, coarse: int = coarse, side: int = side) -> torch.Tensor:
+            low = torch.randn(batch * t * n, 1, coarse, coarse, generator=g)
+            up = F.interpolate(low, size=(side, side), mode="bilinear", align_corners=False)
+            return up.reshape(batch, t, n, side, side)
+
+        x = 0.8 * field(1) + 0.5 * field(s.channels)  # a scene shared by the bands, and each band's own part
+        if s.time_series:  # a seasonal swing common to the series, so dates differ the way they do in a field
+            x = x + 0.5 * torch.sin(torch.linspace(0, 3.1, t)).view(1, t, 1, 1, 1) * torch.randn(
+                batch, 1, s.channels, 1, 1, generator=g)
+        x = x + 0.05 * torch.randn(x.shape, generator=g)
+        x = (x - x.mean(dim=(1, 3, 4), keepdim=True)) / x.std(dim=(1, 3, 4), keepdim=True).clamp_min(1e-3)
+        if s.time_series:
+            data[name] = x.contiguous()
+            data[f"{name}_dates"] = torch.sort(torch.randint(1, 366, (batch, t), generator=g), dim=1).values
+        else:
+            data[name] = x[:, 0].contiguous()
+    return with_date_masks(data)
+
+
+def convert_fp16(src: str | Path, dst: str | Path, keep_fp32: Sequence[str] = FP16_KEEP_FP32) -> None:
+    """Write an fp16 copy of the ONNX graph at ``src``: weights and most ops in fp16, inputs and outputs left
+    fp32 (the same feed as the fp32 graph), ``keep_fp32`` op types in fp32 with casts around them.
+
+    The converter is ONNX Runtime's (``onnxruntime.transformers.float16``, shipped in both the CPU and GPU
+    packages: no extra dependency) — the maintained fork of onnxconverter-common's."""
+    import importlib
+
+    import onnx
+
+    _onnxruntime()
+    float16 = importlib.import_module("onnxruntime.transformers.float16")
+    graph = onnx.load(str(src))
+    # The exporter's value_info types every intermediate fp32; left in, the converter takes them for the truth and
+    # casts each fp16 weight back to fp32 before its matmul (an "fp16" graph that computes in fp32). Dropped, the
+    # converter infers the types itself.
+    del graph.graph.value_info[:]
+    blocked = [*float16.DEFAULT_OP_BLOCK_LIST, *keep_fp32]
+    converted = float16.convert_float_to_float16(graph, keep_io_types=True, op_block_list=blocked)
+    onnx.save(converted, str(dst))
+
+
+@dataclass(frozen=True)
+class PrecisionCheck:
+    """A reduced-precision graph against eager fp32 on ``smooth_inputs``: cosine of each embedding vector (a tile's,
+    or a dense output's per position), min and mean, and the largest absolute difference."""
+
+    cosine_min: float
+    cosine_mean: float
+    max_abs_error: float
+
+    def accepted(self, min_cosine: float = MIN_COSINE) -> bool:
+        return self.cosine_min >= min_cosine
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of matching vectors along the last axis (all other axes flattened)."""
+    a2 = a.reshape(-1, a.shape[-1]).astype(np.float64)
+    b2 = b.reshape(-1, b.shape[-1]).astype(np.float64)
+    den = np.linalg.norm(a2, axis=1) * np.linalg.norm(b2, axis=1)
+    return np.asarray((a2 * b2).sum(axis=1) / np.maximum(den, 1e-30))
+
+
+def check_precision(model: AnySat, modalities: Sequence[tuple[str, int]], patch_size: int, output: str,
+                    output_modality: str | None, names: Sequence[str], onnx_path: str | Path,
+                    batch: int = 4, dates: int = 9, seed: int = 2) -> PrecisionCheck:
+    """Run the graph at ``onnx_path`` on ONNX Runtime's CPU provider against eager fp32, on ``smooth_inputs``."""
+    ort = _onnxruntime()
+    data = smooth_inputs(modalities, batch, dates, seed)
+    with torch.no_grad():
+        reference = model(data, patch_size=patch_size, output=output, output_modality=output_modality).numpy()
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {n: data[n].numpy() for n in names})[0].astype(np.float32)
+    cos = cosine_rows(got, reference)
+    return PrecisionCheck(float(cos.min()), float(cos.mean()), float(np.abs(got - reference).max()))

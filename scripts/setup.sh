@@ -26,5 +26,5 @@ rm -f "$STAMP"  # an interrupted install must not look finished
 python -m pip install -q --upgrade pip
 # torch first and pinned: the local 2.13.0 wheel is a CPU build; an unpinned torch would pull CUDA.
 python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[serve,train,dev]"
+python -m pip install -q -e ".[serve,train,dev,cpu]"
 echo "$want" > "$STAMP"

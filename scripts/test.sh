@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Set up (if needed) and run the checks CI runs: ruff, the import contracts, mypy, then the default pytest tier
-# and the slow tier (docs/testing.md). Arguments go to both pytest runs.
+# Set up (if needed: the venv, and the system programs some tests run) and run the checks CI runs: ruff, the import
+# contracts, mypy, then the default pytest tier and the slow tier (docs/testing.md). Arguments go to both pytest
+# runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/system-deps.sh
 . .venv/bin/activate
 ruff check .
 lint-imports

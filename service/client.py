@@ -22,6 +22,7 @@ import io
 import json
 import os
 import random
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -96,6 +97,45 @@ class DeadlineExceeded(ServerError):
 _BY_STATUS: dict[int, type[AnySatError]] = {400: BadInput, 406: BadInput, 415: BadInput, 422: BadInput,
                                             401: Unauthorized, 404: NotFound, 409: Conflict, 413: LimitExceeded,
                                             429: Overloaded, 503: Unavailable, 504: DeadlineExceeded}
+
+
+class JobFailed(AnySatError):
+    """A scene job ended failed or cancelled; ``job`` is its last state (``job["error"]`` says why)."""
+
+    def __init__(self, job: Mapping[str, Any]) -> None:
+        error = job.get("error") or {"code": job.get("state"), "message": f"job {job.get('state')}"}
+        super().__init__(200, error)
+        self.job = dict(job)
+
+
+class _Progress:
+    """tqdm when it is installed, else one line on stderr rewritten in place."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.enabled, self.bar, self.started = total, enabled, None, time.monotonic()
+        if enabled:
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, unit="tile", dynamic_ncols=True)
+            except ImportError:
+                pass
+
+    def update(self, done: int, eta_s: float | None) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+            return
+        rate = done / max(time.monotonic() - self.started, 1e-9)
+        eta = f", ETA {eta_s:.0f} s" if eta_s is not None else ""
+        print(f"\r{done}/{self.total} tiles ({rate:.1f} tiles/s{eta})", end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled:
+            print(file=sys.stderr)
 
 
 def error_for(status: int, error: Any, retry_after: float | None = None) -> AnySatError:
@@ -218,6 +258,72 @@ class AnySatClient:
                           headers={"Content-Type": "application/x-npz", "Accept": "application/x-npy"})
         return _from_npy(r.content)[0]
 
+    # ---------------------------------------------------------------- scene jobs
+
+    def submit_job(self, sensors: Mapping[str, PathLike | Sequence[PathLike]], *, upload: bool = True,
+                   **spec: Any) -> dict[str, Any]:
+        """``POST /v1/jobs``: ``sensors`` maps a sensor to its files (a series: several files, or one multi-band
+        file); uploaded with the request (streamed from disk), or with ``upload=False`` named as paths the
+        service reads (under its ``ANYSAT_JOB_ROOTS``). ``spec``: ``dates``, ``bands``, ``nodata``, ``head``,
+        ``output`` (dense, patch, tile), ``tile_size``, ``overlap``, ``patch_size``, ``crs``, ``bbox``, ... as
+        ``anysat predict``'s flags. Returns the job (``id``, ``state``, ``tiles_total``, ...)."""
+        body = {k: v for k, v in spec.items() if v is not None}
+        named = {name: [str(v)] if isinstance(v, (str, os.PathLike)) else [str(p) for p in v]
+                 for name, v in sensors.items()}
+        if not upload:
+            return self._request("POST", "/v1/jobs", json={**body, "sensors": named}).json()
+
+        def parts() -> list[tuple[str, tuple[str, Any, str]]]:  # fresh file handles for each attempt
+            return [(name, (Path(p).name, Path(p).open("rb"), "image/tiff")) for name, ps in named.items() for p in ps]
+
+        return self._request("POST", "/v1/jobs", data={"job": json.dumps(body)}, files_factory=parts).json()
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """``GET /v1/jobs/{id}``: state (queued, running, done, failed, cancelled), tiles done/total, ETA, error."""
+        return self._request("GET", f"/v1/jobs/{job_id}").json()
+
+    def cancel_job(self, job_id: str) -> None:
+        """``DELETE /v1/jobs/{id}``: cancels a queued or running job; deletes a finished one and its files."""
+        self._request("DELETE", f"/v1/jobs/{job_id}")
+
+    def download_job(self, job_id: str, out_path: PathLike) -> Path:
+        """A done job's output, streamed to ``out_path`` (written under a temporary name, then renamed)."""
+        out = Path(out_path)
+        tmp = out.with_name(out.name + ".part")
+        with self.http.stream("GET", f"/v1/jobs/{job_id}/result") as r:
+            if r.status_code >= 400:
+                r.read()
+                raise self._error(r)
+            with tmp.open("wb") as f:
+                for chunk in r.iter_bytes(1 << 20):
+                    f.write(chunk)
+        tmp.replace(out)
+        return out
+
+    def predict(self, sensors: Mapping[str, PathLike | Sequence[PathLike]], *, out: PathLike, upload: bool = True,
+                progress: bool = True, poll_s: float = 1.0, timeout_s: float | None = None,
+                **spec: Any) -> dict[str, Any]:
+        """A scene through the service, as ``anysat predict`` runs it locally: submit, follow its progress (a
+        progress bar on stderr), download the output to ``out``. Raises ``JobFailed`` if the job fails or is
+        cancelled, ``TimeoutError`` (the job cancelled) past ``timeout_s``. Returns the finished job."""
+        job = self.submit_job(sensors, upload=upload, **spec)
+        bar = _Progress(job["tiles_total"], enabled=progress)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        try:
+            while job["state"] in ("queued", "running"):
+                if deadline is not None and time.monotonic() > deadline:
+                    self.cancel_job(job["id"])
+                    raise TimeoutError(f"job {job['id']} not done within {timeout_s:g} s; cancelled")
+                time.sleep(poll_s)
+                job = self.job(job["id"])
+                bar.update(job["tiles_done"], job.get("eta_s"))
+        finally:
+            bar.close()
+        if job["state"] != "done":
+            raise JobFailed(job)
+        self.download_job(job["id"], out)
+        return job
+
     # ---------------------------------------------------------------- plumbing
 
     def _json(self, path: str, tiles: Any, dates: Any, options: dict[str, Any], normalize: str,
@@ -265,8 +371,16 @@ class AnySatClient:
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One call, retried on 429/503 within the retry budget; an error answer raises its typed error."""
         waited = 0.0
+        files_factory = kwargs.pop("files_factory", None)
         for attempt in range(self.retries + 1):
-            r = self.http.request(method, path, **kwargs)
+            if files_factory is not None:
+                kwargs["files"] = files_factory()
+            try:
+                r = self.http.request(method, path, **kwargs)
+            finally:
+                if files_factory is not None:  # the handles it opened for this attempt
+                    for _, (_, handle, _) in kwargs["files"]:
+                        handle.close()
             if r.status_code < 400:
                 return r
             err = self._error(r)

@@ -125,7 +125,7 @@ def running(settings: GatewaySettings, runner: ModelRunner, workers: int = 1) ->
     app = create_app(settings)
     try:
         with serving(app) as url:
-            wait_ready(url)
+            wait_ready(url, want=200 if workers else 503)  # no worker: up, but not ready
             yield Service(url, settings, pool, app)
     finally:
         pool.stop()

@@ -175,8 +175,8 @@ def test_export_removed_between_lookup_and_load_is_built_again(tiny, small_expor
     """Another worker's prune can land between a lookup and the session load; the load must not fail."""
 
     class PrunedAfterLookup(ExportCache):
-        def get(self, config):
-            export, hit = super().get(config)
+        def get(self, config, precision="fp32"):
+            export, hit = super().get(config, precision)
             if hit and not self.pruned:  # what another process's prune does: rename away, then delete
                 self.pruned = True
                 os.rename(export.directory, self.root / ".removed-by-another-worker")

@@ -114,3 +114,23 @@ def test_worker_gives_up_after_connect_timeout(short_dir: Path) -> None:
     text = log.read_text()
     assert "waiting for Redis" in text and "connect_timeout_s" in text and "giving up" in text, text
     assert time.monotonic() - started < 30
+
+
+def test_supervisor_does_not_restart_a_worker_that_refuses_its_settings(tmp_path: Path) -> None:
+    """Exit 3 (a device the worker cannot use) or 2 (invalid settings) would repeat on every restart: the slot is
+    left stopped and reported as refused; any other exit is restarted."""
+    from service.gateway.supervisor import WorkerSupervisor
+
+    for code, refused in ((3, True), (2, True), (1, False)):
+        sup = WorkerSupervisor([sys.executable, "-c", f"import sys; sys.exit({code})"], 1, dict(os.environ), tmp_path)
+        sup.start()
+        try:
+            deadline = time.monotonic() + 10
+            while sup.status()["refused"] == 0 and sup.status()["restarts"] == 0:
+                assert time.monotonic() < deadline, sup.status()
+                time.sleep(0.05)
+            time.sleep(1.5)  # past the first backoff: a restart would have happened by now
+            status = sup.status()
+            assert (status["refused"], status["restarts"] == 0) == ((1, True) if refused else (0, False)), status
+        finally:
+            sup.stop()

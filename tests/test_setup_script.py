@@ -43,7 +43,7 @@ def setup(checkout: Path, **env: str) -> list[str]:
 
 def test_installs_once_then_skips(checkout: Path) -> None:
     first = setup(checkout)
-    assert first[-1] == '-m pip install -q -e .[serve,train,dev]' and len(first) == 3
+    assert first[-1] == '-m pip install -q -e .[serve,train,dev,cpu]' and len(first) == 3
     assert (checkout / ".venv" / ".anysat-setup").is_file()
     assert setup(checkout) == []  # stamp matches, project imports: nothing installed
 

@@ -13,7 +13,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from service.gateway.api import embeddings, health, masks, models, problems, v2
+from service.gateway.api import embeddings, health, jobs, masks, models, problems, v2
 from service.gateway.api.admission import InFlightLimitMiddleware
 from service.gateway.api.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
 from service.gateway.api.schemas import EmbeddingsJSON, MasksJSON
@@ -55,17 +55,21 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         # the queue never reached its limit and the waiting bodies piled up in gateway memory.
         limiter = anyio.to_thread.current_default_thread_limiter()
         limiter.total_tokens = max(limiter.total_tokens, gateway.threads)
+        if settings.max_jobs_running > 0:
+            gateway.coordinator.start()
         yield
         gateway.close()
 
     app = FastAPI(title="anysat-serve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.gateway = gateway
     problems.install(app)
-    for router in (embeddings.router, masks.router, models.router, health.router, v2.router):
+    for router in (embeddings.router, masks.router, jobs.router, models.router, health.router, v2.router):
         app.include_router(router)
     # Added last = outermost: metrics see every request, including those the body limit or the in-flight cap
     # refuses; the cap comes before anything reads the body.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, metrics=gateway.metrics)
+    # Scene jobs upload whole rasters (streamed to disk, not held): their own, larger limit.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, metrics=gateway.metrics,
+                       overrides={("POST", "/v1/jobs"): ("max_job_upload_bytes", settings.max_job_upload_bytes)})
     app.add_middleware(InFlightLimitMiddleware, max_in_flight=settings.max_in_flight,
                        retry_after_s=settings.overload_retry_after_s, metrics=gateway.metrics)
     app.add_middleware(MetricsMiddleware, metrics=gateway.metrics)

@@ -74,6 +74,25 @@ class GatewaySettings(BaseSettings):
     api_keys: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="comma-separated keys; if set, inference endpoints need header X-API-Key")
 
+    # --- scene jobs (/v1/jobs; docs/scenes.md)
+    jobs_dir: Path = Field(default_factory=lambda: default_export_dir().parent / "jobs",
+                           description="where jobs keep uploads, journals and results; shared by all gateways "
+                                       "(~/.cache/anysat/jobs)")
+    job_roots: Annotated[tuple[Path, ...], NoDecode] = Field(
+        (), description="comma-separated directories whose files jobs may name by path; unset: uploads only")
+    max_jobs_queued: int = Field(100, gt=0, description="jobs queued or running, all gateways together (429)")
+    max_jobs_running: int = Field(1, ge=0, description="jobs this gateway process runs at once (0: none here)")
+    max_job_upload_bytes: int = Field(2 * 2**30, gt=0, description="body of one POST /v1/jobs with uploads (413)")
+    max_job_area_km2: float = Field(50_000.0, gt=0, description="area one job may cover (413)")
+    max_job_tiles: int = Field(200_000, gt=0, description="tiles one job may cut (413)")
+    max_job_in_flight_tiles: int = Field(64, ge=2, description="tiles of a job read and prepared ahead (memory)")
+    job_batch_size: int = Field(16, gt=0, description="tiles a job puts on the queue at once (spread over workers)")
+    job_tile_deadline_s: float = Field(120.0, gt=0, description="queue deadline of one tile of a job")
+    job_tile_attempts: int = Field(3, gt=0, description="times a lost tile (timed out, dead-lettered) is queued")
+    job_lease_s: float = Field(30.0, gt=0, description="a running job's lease; a dead gateway's jobs resume after it")
+    job_poll_s: float = Field(0.5, gt=0, description="how often a gateway looks for jobs to run")
+    job_ttl_s: float = Field(7 * 86400.0, gt=0, description="how long a finished job's record is kept")
+
     # --- serving (used by `anysat serve`)
     host: str = Field("127.0.0.1", description="interface `anysat serve` binds")
     port: int = Field(8000, ge=0, le=65535, description="port `anysat serve` binds")
@@ -84,6 +103,13 @@ class GatewaySettings(BaseSettings):
     def _split_keys(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(k.strip() for k in value.split(",") if k.strip())
+        return value
+
+    @field_validator("job_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(Path(k.strip()) for k in value.split(",") if k.strip())
         return value
 
     def resolved_checkpoint(self) -> Path:
@@ -102,5 +128,5 @@ class GatewaySettings(BaseSettings):
                              overload_retry_after_s=self.overload_retry_after_s,
                              payload_ttl_margin_s=self.payload_ttl_margin_s)
 
-    def limits(self) -> dict[str, int]:
+    def limits(self) -> dict[str, float]:
         return {name: getattr(self, name) for name in type(self).model_fields if name.startswith("max_")}

@@ -14,6 +14,8 @@ from service.engine.connection import connect
 from service.engine.heartbeat import live_workers
 from service.engine.producer import Producer
 from service.gateway.heads import HeadRegistry
+from service.gateway.jobs.coordinator import JobCoordinator
+from service.gateway.jobs.store import JobStore
 from service.gateway.metrics import GatewayMetrics
 from service.gateway.normalization import RecordedStats, checkpoint_stats
 from service.gateway.settings import GatewaySettings
@@ -44,11 +46,20 @@ class Gateway:
         # One connection per thread that may use Redis at once (each admitted request blocks on one while it
         # waits for its reply): redis-py's default cap (100) would answer MaxConnectionsError past it.
         self.threads = settings.max_in_flight + THREAD_RESERVE
+        # Each running job holds a connection waiting for a tile's reply, plus its lease renewal and the poller.
         self.redis = connect(
             settings.redis_url, socket_connect_timeout=settings.redis_timeout_s, socket_timeout=_SOCKET_TIMEOUT_S,
-            retry=Retry(NoBackoff(), 0), max_connections=self.threads)
+            retry=Retry(NoBackoff(), 0), max_connections=self.threads + 2 * settings.max_jobs_running + 2)
         self.queue_settings = settings.queue
+        # Scrapes read the queue on a client of their own with short timeouts: a scrape must answer well within
+        # Prometheus's timeout even when Redis is gone (anysat_gateway_redis_up 0, then).
+        self._scrape_redis = connect(settings.redis_url, socket_connect_timeout=0.5, socket_timeout=1.0,
+                                     retry=Retry(NoBackoff(), 0), max_connections=4)
+        self.metrics.watch(self._scrape_redis, self.queue_settings, settings.export_dir,
+                           self.heads.encoder_sha256() or "unknown")
         self._queue: Producer | None = None
+        self._jobs = JobStore(self.redis, settings.queue_prefix, ttl_s=settings.job_ttl_s)
+        self.coordinator = JobCoordinator(self._jobs, self.queue, settings)
         self.supervisor: WorkerSupervisor | None = None  # set by `anysat serve` when it runs local workers
 
     def queue(self) -> Producer:
@@ -74,8 +85,13 @@ class Gateway:
             serving = [w for w in serving if w.pid in local["pids"] and w.host == _HOST]
         return bool(serving), detail
 
+    def jobs(self) -> JobStore:
+        return self._jobs
+
     def checkpoint(self) -> dict[str, Any]:
         return describe_checkpoint(Path(self.settings.resolved_checkpoint()))
 
     def close(self) -> None:
+        self.coordinator.close()
         self.redis.close()
+        self._scrape_redis.close()

@@ -8,6 +8,10 @@ Layout of one export directory::
     model.ts                      TorchScript (traced), same inputs
     triton/<name>/config.pbtxt    a Triton repository, hostable unchanged
     triton/<name>/1/model.onnx
+
+A reduced-precision export (``precision`` fp16) is its own directory beside the fp32 one, made from the fp32
+graph: ``model.onnx`` (fp16 inside, fp32 inputs and outputs: the same feed), the Triton repository and a manifest
+recording its cosine to eager fp32 on real-data-like inputs; no TorchScript (TorchScript serves fp32).
 """
 
 from __future__ import annotations
@@ -29,17 +33,26 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import onnx
-import onnxruntime as ort
 import torch
 
 from model import AnySat, create_model
 from model.checkpoint import file_sha256
-from model.export import OPSET, check_export, export_onnx, export_torchscript, traceable_example
+from model.export import (
+    MIN_COSINE,
+    OPSET,
+    check_export,
+    check_precision,
+    convert_fp16,
+    export_onnx,
+    export_torchscript,
+    traceable_example,
+)
 from model.export import example_inputs as model_example_inputs
 from model.inputs import plan_inputs
 from service.engine.errors import GraphUnavailable
 from service.runtime.configuration import ModalityConfig
-from service.runtime.settings import RuntimeSettings
+from service.runtime.device import DeviceUnavailable, onnxruntime
+from service.runtime.settings import PRECISIONS, RuntimeSettings
 
 MAX_EXPORT_ERROR = 1e-4
 # After a configuration's export or load fails, its requests fail at once for this long: a failure that
@@ -112,9 +125,50 @@ def export_configuration(model: AnySat, config: ModalityConfig, out_dir: str | P
             "max_abs_error_vs_eager": errors,
             "max_abs_error_vs_fp64": exactness,
             "max_error_allowed": max_error,
+            "precision": "fp32",
             "export_seconds": round(time.perf_counter() - started, 2),
             "torch": torch.__version__,
-            "onnxruntime": ort.__version__,
+            "onnxruntime": onnxruntime().__version__,
+        }
+        _triton_repository(tmp / "triton", name, manifest)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        _publish(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ExportResult(out_dir, json.loads((out_dir / "manifest.json").read_text()))
+
+
+def export_reduced(model: AnySat, config: ModalityConfig, fp32: ExportResult, out_dir: str | Path,
+                   precision: str = "fp16", min_cosine: float = MIN_COSINE) -> ExportResult:
+    """Write the ``precision`` copy of the fp32 export ``fp32`` into ``out_dir`` (ONNX, Triton repository,
+    manifest), kept only when every embedding's cosine to eager fp32 is at least ``min_cosine`` on
+    ``model.export.smooth_inputs``; otherwise nothing is kept and ``ExportError`` is raised."""
+    if precision != "fp16":
+        raise ExportError(f"precision {precision!r}: only fp16 graphs are exported beside fp32 (bf16 runs as eager "
+                          "autocast; ONNX Runtime's CUDA provider has few bf16 kernels)")
+    out_dir = Path(out_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        started = time.perf_counter()
+        convert_fp16(fp32.directory / "model.onnx", tmp / "model.onnx")
+        names = [i["name"] for i in fp32.manifest["inputs"]]
+        check = check_precision(model.eval(), config.modalities, config.patch_size, config.output,
+                                config.output_modality, names, tmp / "model.onnx")
+        if not check.accepted(min_cosine):
+            raise ExportError(f"{precision} export of {config.key()} is too far from fp32: cosine min "
+                              f"{check.cosine_min:.6f} < {min_cosine}; nothing written (serve it in fp32)")
+        name = f"{fp32.manifest['name']}_{precision}"
+        manifest = {
+            **{k: v for k, v in fp32.manifest.items() if k not in ("max_abs_error_vs_fp64", "max_error_allowed")},
+            "name": name,
+            "precision": precision,
+            "fp32_export": fp32.manifest["name"],
+            "cosine_vs_fp32": {"min": check.cosine_min, "mean": check.cosine_mean, "inputs": "smooth_inputs"},
+            "max_abs_error_vs_fp32": check.max_abs_error,
+            "max_abs_error_vs_eager": {"onnx": check.max_abs_error},
+            "min_cosine_allowed": min_cosine,
+            "export_seconds": round(time.perf_counter() - started, 2),
         }
         _triton_repository(tmp / "triton", name, manifest)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -198,13 +252,16 @@ class ExportCache:
         self.retry_failed_s = retry_failed_s
         self._failed: dict[str, tuple[float, str]] = {}  # batch key -> (monotonic time of the failure, why)
 
-    def path(self, config: ModalityConfig) -> Path:
-        key = hashlib.sha256(f"{self.checkpoint_sha256}\n{config.key()}".encode()).hexdigest()[:24]
-        return self.root / key
+    def path(self, config: ModalityConfig, precision: str = "fp32") -> Path:
+        # fp32 keeps the key it always had, so caches written before precisions existed stay valid.
+        text = f"{self.checkpoint_sha256}\n{config.key()}" + ("" if precision == "fp32" else f"\n{precision}")
+        return self.root / hashlib.sha256(text.encode()).hexdigest()[:24]
 
-    def get(self, config: ModalityConfig) -> tuple[ExportResult, bool]:
-        """Returns (export, hit)."""
-        path = self.path(config)
+    def get(self, config: ModalityConfig, precision: str = "fp32") -> tuple[ExportResult, bool]:
+        """Returns (export, hit). A reduced-precision export is made from the fp32 one, exported first if needed."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        path = self.path(config, precision)
         manifest = path / "manifest.json"
         try:
             text = manifest.read_text()
@@ -214,15 +271,19 @@ class ExportCache:
             with contextlib.suppress(OSError):  # a read-only cache is still a cache, only never pruned
                 os.utime(manifest)
             return ExportResult(path, json.loads(text)), True
-        log.info("exporting %s into %s (its first request waits for this export)",
-                 config.key(), path)
-        result = export_configuration(self.model, config, path, self.checkpoint_sha256)
+        log.info("exporting %s (%s) into %s (its first request waits for this export)",
+                 config.key(), precision, path)
+        if precision == "fp32":
+            result = export_configuration(self.model, config, path, self.checkpoint_sha256)
+        else:
+            result = export_reduced(self.model, config, self.get(config)[0], path, precision)
         log.info("exported %s in %s s", path.name, result.manifest.get("export_seconds"))
         if self.max_bytes is not None:
             self.prune(self.max_bytes, keep=path)
         return result, False
 
-    def open(self, config: ModalityConfig, load: Callable[[ExportResult], T]) -> tuple[T, bool]:
+    def open(self, config: ModalityConfig, load: Callable[[ExportResult], T], precision: str = "fp32"
+             ) -> tuple[T, bool]:
         """``load(export)`` of the configuration's export, built first on a miss; returns (loaded, hit).
 
         Raises ``ValueError`` if the model cannot take the configuration at all (the requests' fault), and
@@ -230,13 +291,13 @@ class ExportCache:
         a failure, ``open`` fails at once with the same reason instead of exporting again. If another process
         pruned the export between the lookup and the load, it is exported again and loaded once more."""
         check_configuration(config)
-        key, now = config.key(), time.monotonic()
+        key, now = f"{config.key()} {precision}", time.monotonic()
         failed = self._failed.get(key)
         if failed is not None and now - failed[0] < self.retry_failed_s:
             raise GraphUnavailable(f"{failed[1]} (failed {now - failed[0]:.0f} s ago; retried "
                                    f"{self.retry_failed_s:g} s after the failure)")
         try:
-            loaded = self._open(config, load)
+            loaded = self._open(config, load, precision)
         except Exception as exc:
             # Clients see why, not where: an OSError's text names server paths (the log keeps them).
             detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -249,15 +310,16 @@ class ExportCache:
         self._failed.pop(key, None)
         return loaded
 
-    def _open(self, config: ModalityConfig, load: Callable[[ExportResult], T]) -> tuple[T, bool]:
-        export, hit = self.get(config)
+    def _open(self, config: ModalityConfig, load: Callable[[ExportResult], T], precision: str
+              ) -> tuple[T, bool]:
+        export, hit = self.get(config, precision)
         try:
             return load(export), hit
         except Exception:
             if (export.directory / "manifest.json").is_file():
                 raise
             log.warning("export %s was removed while loading; exporting it again", export.directory.name)
-        export, hit = self.get(config)
+        export, hit = self.get(config, precision)
         return load(export), hit
 
     def prune(self, max_bytes: int, keep: Path | None = None) -> list[Path]:
@@ -310,7 +372,8 @@ def list_exports(root: str | Path | None) -> list[dict[str, Any]]:
         except FileNotFoundError:  # pruned meanwhile
             continue
         out.append({"name": m["name"], "configuration": m["configuration"],
-                    "checkpoint_sha256": m["checkpoint_sha256"], "max_abs_error_vs_eager": m["max_abs_error_vs_eager"]})
+                    "checkpoint_sha256": m["checkpoint_sha256"], "max_abs_error_vs_eager": m["max_abs_error_vs_eager"],
+                    "precision": m.get("precision", "fp32")})
     return out
 
 
@@ -330,29 +393,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-error", type=float, default=None,
                         help=f"largest error against eager PyTorch (default {MAX_EXPORT_ERROR:g}; --out only: "
                              "workers accept exports at the default)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="fp16: also an fp16 graph beside the fp32 one, refused below cosine "
+                             f"{MIN_COSINE} to eager fp32 (what ANYSAT_PRECISION=fp16 workers load)")
     args = parser.parse_args(argv)
     if args.cache is not None and args.max_error is not None:
         parser.error("--max-error applies to --out only: the workers' cache holds exports checked at the default")
-    if args.out is not None and args.out.exists():
-        print(f"error: {args.out} exists; choose a new directory", file=sys.stderr)
-        return 2
+    outs = [] if args.out is None else [args.out]
+    if args.out is not None and args.precision != "fp32":  # the reduced graph goes beside: <out>.<precision>
+        outs.append(args.out.with_name(f"{args.out.name}.{args.precision}"))
+    for out in outs:
+        if out.exists():
+            print(f"error: {out} exists; choose a new directory", file=sys.stderr)
+            return 2
     try:
+        onnxruntime()  # exports are checked on ONNX Runtime: say so before minutes of exporting
         d = json.loads(args.config.read_text())
         config = ModalityConfig(tuple((str(n), int(s)) for n, s in d["modalities"]), int(d["patch_size"]),
                                 d.get("output", "tile"), d.get("output_modality"))
         model = create_model(checkpoint=args.checkpoint)
         if args.cache is not None:
-            result, hit = ExportCache(args.cache, model, file_sha256(args.checkpoint)).get(config)
+            result, hit = ExportCache(args.cache, model, file_sha256(args.checkpoint)).get(config, args.precision)
         else:
             hit = False
             result = export_configuration(model, config, args.out, file_sha256(args.checkpoint),
                                           MAX_EXPORT_ERROR if args.max_error is None else args.max_error)
-    except (ValueError, KeyError, ExportError, FileNotFoundError) as e:
+            if args.precision != "fp32":
+                reduced = args.out.with_name(f"{args.out.name}.{args.precision}")
+                result = export_reduced(model, config, result, reduced, args.precision)
+    except (ValueError, KeyError, ExportError, FileNotFoundError, DeviceUnavailable, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     m = result.manifest
     if hit:
         print(f"{m['name']} is already in the cache at {result.directory}")
+        return 0
+    if m.get("precision", "fp32") != "fp32":
+        print(f"exported {m['name']} to {result.directory} beside its fp32 graph; cosine to eager fp32 min "
+              f"{m['cosine_vs_fp32']['min']:.6f}, max |err| {m['max_abs_error_vs_fp32']:.2e}")
         return 0
     print(f"exported {m['name']} to {result.directory} in {m['export_seconds']} s; "
           f"max |err| vs eager: onnx {m['max_abs_error_vs_eager']['onnx']:.2e}, "

@@ -23,10 +23,9 @@ import sys
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
 from model import AnySat, create_model
@@ -37,11 +36,16 @@ from model.sensors import SENSORS
 from service.engine.metrics import WorkerMetrics
 from service.engine.payload import STATS_SUFFIX
 from service.runtime.configuration import ModalityConfig
+from service.runtime.device import CudaOptions, Device, bound_run, check_device, device_providers, onnxruntime
 from service.runtime.export import ExportCache
-from service.runtime.settings import DEFAULT_MAX_GRAPHS, RUNTIMES, RuntimeSettings
+from service.runtime.settings import DEFAULT_MAX_GRAPHS, DEFAULT_MAX_PADDING, RUNTIMES, RuntimeSettings
 from service.runtime.triton import TritonBackend
 
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
 log = logging.getLogger(__name__)
+CPU = Device("cpu")
 
 
 def stack_requests(config: ModalityConfig, requests: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -69,6 +73,43 @@ def stack_requests(config: ModalityConfig, requests: Sequence[Mapping[str, np.nd
         if value_mask is not None:
             batch[f"{name}_mask"] = value_mask
     return batch
+
+
+def _input_size(config: ModalityConfig, r: Mapping[str, np.ndarray], dates: Mapping[str, int] | None = None) -> int:
+    """Values a request feeds the graph; with ``dates``, its series counted at that many dates (padded)."""
+    total = 0
+    for name in config.names:
+        a = r[name]
+        if SENSORS[name].time_series:
+            total += int(np.prod(a.shape[1:])) * (dates[name] if dates is not None else a.shape[0])
+        else:
+            total += a.size
+    return total
+
+
+def padding_groups(config: ModalityConfig, requests: Sequence[Mapping[str, np.ndarray]], max_padding: float
+                   ) -> list[list[int]]:
+    """The requests (by index) in sub-batches whose padded input is at most ``max_padding`` x their real input.
+
+    A batch pads every series to its longest, so one long series makes every request of the batch pay for its
+    dates. Sorted by size, requests are grouped while the padding stays within the ratio. On a CPU a forward costs
+    about as much per tile at batch 1 as at 8, so padded dates cost more than batching saves; on a GPU, where a
+    larger batch is cheaper per tile, a larger ``max_padding`` keeps batches whole."""
+    series = [n for n in config.names if SENSORS[n].time_series]
+    if not series or len(requests) < 2 or max_padding == float("inf"):
+        return [list(range(len(requests)))]
+    groups: list[list[int]] = []
+    current: list[int] = []
+    for i in sorted(range(len(requests)), key=lambda j: _input_size(config, requests[j])):
+        trial = [*current, i]
+        longest = {n: max(requests[j][n].shape[0] for j in trial) for n in series}
+        padded = sum(_input_size(config, requests[j], longest) for j in trial)
+        if current and padded > max_padding * sum(_input_size(config, requests[j]) for j in trial):
+            groups.append(current)
+            trial = [i]
+        current = trial
+    groups.append(current)
+    return groups
 
 
 def _stack_value_masks(name: str, requests: Sequence[Mapping[str, np.ndarray]], shape: tuple[int, ...]
@@ -120,17 +161,23 @@ class Backend(Protocol):
     def forward(self, config: ModalityConfig, batch: dict[str, np.ndarray]) -> np.ndarray: ...
 
 
-class EagerBackend:
-    """PyTorch eager on the loaded model; the reference the exported runtimes are checked against."""
+def _to(device: Device, x: np.ndarray) -> torch.Tensor:
+    t = torch.from_numpy(x)
+    return t if not device.is_cuda else t.pin_memory().to(device.torch, non_blocking=True)
 
-    def __init__(self, model: AnySat) -> None:
-        self.model = model.eval()
+
+class EagerBackend:
+    """PyTorch eager on the loaded model, on ``device``; the reference the exported runtimes are checked against."""
+
+    def __init__(self, model: AnySat, device: Device = CPU) -> None:
+        self.device = device
+        self.model = model.eval().to(device.torch)
 
     def forward(self, config: ModalityConfig, batch: dict[str, np.ndarray]) -> np.ndarray:
-        data = {k: torch.from_numpy(v) for k, v in batch.items()}
+        data = {k: _to(self.device, v) for k, v in batch.items()}
         with torch.no_grad():
             return self.model(data, patch_size=config.patch_size, output=config.output,
-                              output_modality=config.output_modality).numpy()
+                              output_modality=config.output_modality).cpu().numpy()
 
 
 class ExportedBackend:
@@ -140,16 +187,29 @@ class ExportedBackend:
     At most ``max_graphs`` graphs stay loaded, least recently used unloaded first. Every configuration (tile
     size, patch size, output) is its own graph with its own weights and memory arena, so a worker that meets
     many would otherwise grow until the machine kills it. An unloaded graph that is needed again is reloaded
-    from the disk cache (an ``anysat_export_cache_hits_total``), not re-exported."""
+    from the disk cache (an ``anysat_export_cache_hits_total``), not re-exported.
+
+    ``device`` picks the ONNX Runtime providers (``service.runtime.device.providers``) or where TorchScript runs;
+    ``precision`` which ONNX graph loads (fp16: exported beside fp32 on first use); ``io_binding`` (default: on for
+    cuda) runs ONNX graphs through ``bound_run``."""
 
     def __init__(self, cache: ExportCache, kind: str = "onnx", providers: Sequence[str] | None = None,
-                 metrics: WorkerMetrics | None = None, max_graphs: int = DEFAULT_MAX_GRAPHS) -> None:
+                 metrics: WorkerMetrics | None = None, max_graphs: int = DEFAULT_MAX_GRAPHS, device: Device = CPU,
+                 cuda_options: CudaOptions | None = None, precision: str = "fp32",
+                 io_binding: bool | None = None) -> None:
         if kind not in ("onnx", "torchscript"):
             raise ValueError(f"runtime must be onnx or torchscript, got {kind!r}")
         if max_graphs < 1:
             raise ValueError(f"max_graphs must be at least 1, got {max_graphs}")
+        if precision != "fp32" and kind != "onnx":
+            raise ValueError(f"precision {precision}: only runtime onnx has reduced-precision graphs")
         self.cache, self.kind, self.metrics, self.max_graphs = cache, kind, metrics, max_graphs
-        self.providers = list(providers or default_providers())
+        self.device, self.precision = device, precision
+        self.io_binding = device.is_cuda if io_binding is None else io_binding
+        self.provider_options: list[tuple[str, dict[str, str]]] = (
+            [(p, {}) for p in providers] if providers else
+            device_providers(device, cuda_options) if kind == "onnx" else [])
+        self.providers = [name for name, _ in self.provider_options]
         self._graphs: OrderedDict[str, tuple[list[str], Callable[[dict[str, np.ndarray]], np.ndarray]]] = (
             OrderedDict())
 
@@ -165,9 +225,11 @@ class ExportedBackend:
         else:
             self._unload(len(self._graphs) - self.max_graphs + 1)  # before loading: peak memory is max_graphs
             self._graphs[key], hit = self.cache.open(
-                config, lambda export: self._load(export.directory, [i["name"] for i in export.manifest["inputs"]]))
+                config, lambda export: self._load(export.directory, [i["name"] for i in export.manifest["inputs"]]),
+                self.precision)
             if self.metrics is not None:
                 (self.metrics.export_cache_hits if hit else self.metrics.export_cache_misses).inc()
+                self.metrics.graphs_loaded.set(len(self._graphs))
         names, run = self._graphs[key]
         return run({n: batch[n] for n in names})
 
@@ -180,18 +242,23 @@ class ExportedBackend:
             log.info("unloaded graph %s (max_graphs %d)", key, self.max_graphs)
         if self.metrics is not None:
             self.metrics.graphs_unloaded.inc(count)
+            self.metrics.graphs_loaded.set(len(self._graphs))
         _return_freed_memory()
 
     def _load(self, directory: Path, names: list[str]
               ) -> tuple[list[str], Callable[[dict[str, np.ndarray]], np.ndarray]]:
         if self.kind == "onnx":
-            session = ort.InferenceSession(str(directory / "model.onnx"), session_options(), providers=self.providers)
+            session = onnxruntime().InferenceSession(
+                str(directory / "model.onnx"), session_options(), providers=self.providers,
+                provider_options=[opts for _, opts in self.provider_options])
+            if self.io_binding:
+                return names, bound_run(session, names, self.device)
             return names, lambda feed: session.run(None, feed)[0]
-        module = torch.jit.load(str(directory / "model.ts"))
+        module = torch.jit.load(str(directory / "model.ts"), map_location=self.device.torch)
 
         def run(feed: dict[str, np.ndarray]) -> np.ndarray:
             with torch.no_grad():
-                return module(*[torch.from_numpy(feed[n]) for n in names]).numpy()
+                return module(*[_to(self.device, feed[n]) for n in names]).cpu().numpy()
 
         return names, run
 
@@ -219,7 +286,7 @@ def session_options(threads: int = 0) -> ort.SessionOptions:
     first run of that shape filled: a session's memory grows by about half again on its second run. Without it,
     forwards take as long (1.00-1.02 x) and a worker holding six tiny-model graphs stays at 1.4 GB instead of
     2.3 GB (``python -m benchmarks.graphs`` measures both)."""
-    opts = ort.SessionOptions()
+    opts = onnxruntime().SessionOptions()
     opts.intra_op_num_threads = threads
     opts.add_session_config_entry("session.force_spinning_stop", "1")
     opts.enable_mem_pattern = False
@@ -227,48 +294,68 @@ def session_options(threads: int = 0) -> ort.SessionOptions:
 
 
 def default_providers() -> list[str]:
-    """CUDA when this onnxruntime build and machine have it, CPU always as the fallback."""
-    available = ort.get_available_providers()
+    """CUDA when this onnxruntime build and machine have it, CPU always as the fallback (benchmarks; workers take
+    their providers from ``ANYSAT_DEVICE`` instead, and never fall back silently)."""
+    available = onnxruntime().get_available_providers()
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
 class ModelRunner:
     """``service.engine.batching.Runner`` over one encoder checkpoint and a directory of heads."""
 
-    def __init__(self, model: AnySat, backend: Backend | None = None, heads_dir: str | Path | None = None) -> None:
+    def __init__(self, model: AnySat, backend: Backend | None = None, heads_dir: str | Path | None = None,
+                 device: Device | None = None) -> None:
         self.model = model.eval()
-        self.backend = backend or EagerBackend(self.model)
+        # Heads run where the backend's output is: the eager backend's device, else the given one (CPU by default).
+        self.device: Device = device or getattr(backend, "device", None) or CPU
+        self.backend = backend or EagerBackend(self.model, self.device)
         self.heads_dir = Path(heads_dir) if heads_dir else None
         self._heads: dict[str, Head] = {}
+        # A batch is split where padding its series to the longest would add more than this (padding_groups).
+        self.max_padding = DEFAULT_MAX_PADDING
+        # What anysat_worker_build_info reports; from_checkpoint knows them.
+        self.checkpoint_sha256, self.runtime = "unknown", "eager" if isinstance(self.backend, EagerBackend) else ""
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, heads_dir: str | Path | None = None, runtime: str = "eager",
                         export_dir: str | Path | None = None, triton_url: str | None = None,
                         triton_repository: str | Path | None = None, max_graphs: int = DEFAULT_MAX_GRAPHS,
-                        cache_max_bytes: int | None = None) -> ModelRunner:
-        """``runtime``: ``eager`` (PyTorch), ``onnx`` (ONNX Runtime, CUDA if present), ``torchscript``
+                        cache_max_bytes: int | None = None, device: Device = CPU,
+                        cuda_options: CudaOptions | None = None, precision: str = "fp32",
+                        io_binding: bool | None = None, max_padding: float = DEFAULT_MAX_PADDING) -> ModelRunner:
+        """``runtime``: ``eager`` (PyTorch), ``onnx`` (ONNX Runtime, on ``device``), ``torchscript``
         or ``triton`` (a Triton server at ``triton_url`` loading from ``triton_repository``); all but
         eager export each configuration on first use into ``export_dir``. ``onnx`` and ``torchscript``
         keep at most ``max_graphs`` configurations loaded (Triton manages its own); the export cache is pruned to
-        ``cache_max_bytes`` (None: unbounded)."""
+        ``cache_max_bytes`` (None: unbounded). ``device``, ``cuda_options``, ``precision`` and ``io_binding``: see
+        ``ExportedBackend``; eager and TorchScript modules and the heads are moved to ``device``."""
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
         model = create_model(checkpoint=checkpoint)
+        sha256 = file_sha256(checkpoint)
         if runtime == "eager":
-            return cls(model, heads_dir=heads_dir)
-        if export_dir is None:
+            runner = cls(model, heads_dir=heads_dir, device=device)
+        elif export_dir is None:
             raise ValueError(f"runtime {runtime!r} needs an export directory (ANYSAT_EXPORT_DIR)")
-        cache = ExportCache(export_dir, model, file_sha256(checkpoint), max_bytes=cache_max_bytes)
-        if runtime == "triton":
-            if not (triton_url and triton_repository):
-                raise ValueError("runtime 'triton' needs ANYSAT_TRITON_URL and ANYSAT_TRITON_REPOSITORY")
-            return cls(model, TritonBackend(cache, triton_url, triton_repository), heads_dir=heads_dir)
-        return cls(model, ExportedBackend(cache, runtime, max_graphs=max_graphs), heads_dir=heads_dir)
+        else:
+            cache = ExportCache(export_dir, model, sha256, max_bytes=cache_max_bytes)
+            if runtime == "triton":
+                if not (triton_url and triton_repository):
+                    raise ValueError("runtime 'triton' needs ANYSAT_TRITON_URL and ANYSAT_TRITON_REPOSITORY")
+                runner = cls(model, TritonBackend(cache, triton_url, triton_repository), heads_dir=heads_dir)
+            else:
+                backend = ExportedBackend(cache, runtime, max_graphs=max_graphs, device=device,
+                                          cuda_options=cuda_options, precision=precision, io_binding=io_binding)
+                runner = cls(model, backend, heads_dir=heads_dir, device=device)
+        runner.checkpoint_sha256, runner.runtime = sha256, runtime
+        runner.max_padding = max_padding
+        return runner
 
     def attach_metrics(self, metrics: WorkerMetrics) -> None:
-        """Called by the worker so export-cache hits and misses land in its metrics."""
+        """Called by the worker so export-cache hits and misses land in its metrics, and what it serves."""
         if isinstance(self.backend, ExportedBackend | TritonBackend):
             self.backend.metrics = metrics
+        metrics.set_build_info(self.checkpoint_sha256, self.runtime or type(self.backend).__name__)
 
     def head(self, name: str) -> Head:
         if name not in self._heads:
@@ -277,11 +364,21 @@ class ModelRunner:
             path = self.heads_dir / f"{name}.safetensors"
             if not path.is_file():
                 raise ValueError(f"head {name!r}: no {path.name} in the heads directory")
-            self._heads[name] = load_head(path)
+            self._heads[name] = load_head(path).to(self.device.torch)
         return self._heads[name]
 
     def run(self, batch_key: str, requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         config = ModalityConfig.from_key(batch_key)
+        groups = padding_groups(config, requests, self.max_padding)
+        if len(groups) == 1:
+            return self._run(config, requests)
+        out: list[dict[str, np.ndarray]] = [{} for _ in requests]
+        for group in groups:
+            for i, result in zip(group, self._run(config, [requests[i] for i in group]), strict=True):
+                out[i] = result
+        return out
+
+    def _run(self, config: ModalityConfig, requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         batch = stack_requests(config, requests)
         # The head runs here, after the graph: backends see the encoder configuration without it, so a
         # head shares the encoder export of its modality configuration (the batch key still has it).
@@ -292,18 +389,22 @@ class ModelRunner:
             return [{"embedding": row} for row in features]
         head = self.head(config.head)
         with torch.no_grad():
-            logits = head(torch.from_numpy(features)).numpy()
+            logits = head(_to(self.device, features)).cpu().numpy()
         return [{"logits": row} for row in logits]
 
 
 def runner_from_settings(settings: RuntimeSettings) -> ModelRunner:
     """The AnySat model runner a worker process serves: ``anysat worker``'s default runner."""
+    # The device first: a worker told to use a GPU it cannot use stops here, before minutes of model loading.
+    check_device(settings.target, settings.runtime, settings.cuda_options())
     if settings.checkpoint is None:
         raise ValueError("ANYSAT_CHECKPOINT (--checkpoint) is not set: the worker needs an encoder checkpoint")
     return ModelRunner.from_checkpoint(settings.checkpoint, heads_dir=settings.heads_dir, runtime=settings.runtime,
                                        export_dir=settings.export_dir, triton_url=settings.triton_url,
                                        triton_repository=settings.triton_repository, max_graphs=settings.max_graphs,
-                                       cache_max_bytes=int(settings.export_cache_gb * 1e9))
+                                       cache_max_bytes=int(settings.export_cache_gb * 1e9), device=settings.target,
+                                       cuda_options=settings.cuda_options(), precision=settings.precision,
+                                       io_binding=settings.io_binding, max_padding=settings.max_padding)
 
 
 def runner_from_env() -> ModelRunner:

@@ -1,9 +1,10 @@
 """The tile cutter: large georeferenced rasters of several sensors -> a tile dataset aligned on the ground.
 
-Every raster is warped (``rasterio`` ``WarpedVRT``, read window by window, so rasters larger than memory
-are fine) onto one grid in one CRS (the first raster's by default): tiles of ``tile_size_m`` starting at
-the top-left corner of the area all rasters cover, each sensor sampled at its own ``gsd`` from the
-sensor table (a context sensor, MODIS, as one pixel per tile). Pixel ``(r, c)`` of every sensor's tile
+The grid and the warping are ``scene``'s (``scene.grid.TileGrid.exact``, ``scene.layers``): one tiler serves
+training and ``anysat predict``. Every raster is warped (``rasterio`` ``WarpedVRT``, read window by window, so
+rasters larger than memory are fine) onto one grid in one CRS (the first raster's by default): tiles of
+``tile_size_m`` starting at the top-left corner of the area all rasters cover, each sensor sampled at its own
+``gsd`` from the sensor table (a context sensor, MODIS, as one pixel per tile). Pixel ``(r, c)`` of every sensor's tile
 therefore covers the same ground whatever the source CRS or resolution.
 
 Resampling defaults to ``nearest`` where a sensor is sampled at the source resolution or finer (no
@@ -17,23 +18,21 @@ then hold those bands only (``TileDataset(missing_bands="fill")`` inserts the ot
 from __future__ import annotations
 
 import datetime as dt
-import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
-from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from model.sensors import Sensor, get_sensor
+from scene.grid import Tile, TileGrid, common_area
+from scene.layers import Layer, open_layer, read_layer, resampling_for, source_res
 from training.data.dates import day_of_year, parse_product_date, to_date
 from training.data.format import LabelSpec, check_split
 from training.data.tilefile import Georef, TileSensor, check_bands
@@ -45,19 +44,6 @@ DateLike = dt.date | str
 # paths (dates read from their names) and/or (path, date) pairs, one multi-band GeoTIFF per date.
 RasterSource = PathLike | Sequence[PathLike | tuple[PathLike, DateLike]]
 SplitRule = str | Mapping[str, float] | Callable[[int, int], str]
-
-
-@dataclass
-class _Layer:
-    """One source raster (one sensor, one date) opened and warped onto its sensor's grid."""
-
-    sensor: Sensor
-    path: Path
-    date: dt.date | None
-    vrt: WarpedVRT
-    count: int
-    nodata: float | None
-    side: int
 
 
 def _sources(sensor: Sensor, source: RasterSource) -> list[tuple[Path, dt.date | None]]:
@@ -85,34 +71,6 @@ def _sources(sensor: Sensor, source: RasterSource) -> list[tuple[Path, dt.date |
     return sorted(out, key=lambda pd: pd[1])  # type: ignore[arg-type, return-value]
 
 
-def _resampling(name: str | Resampling | None, finer: bool, label: bool) -> Resampling:
-    if name is not None:
-        try:
-            return name if isinstance(name, Resampling) else Resampling[name]
-        except KeyError:
-            raise ValueError(f"resampling: unknown method {name!r}; e.g. nearest, bilinear, "
-                             f"average") from None
-    if label:
-        return Resampling.nearest if finer else Resampling.mode
-    return Resampling.nearest if finer else Resampling.average
-
-
-def _area(srcs: Sequence[rasterio.DatasetReader], crs: CRS,
-          bounds: tuple[float, float, float, float] | None) -> tuple[float, float, float, float]:
-    left, bottom, right, top = bounds if bounds is not None else (-math.inf, -math.inf, math.inf, math.inf)
-    for src in srcs:
-        b = transform_bounds(src.crs, crs, *src.bounds, densify_pts=21)
-        left, bottom, right, top = max(left, b[0]), max(bottom, b[1]), min(right, b[2]), min(top, b[3])
-    if not (left < right and bottom < top):
-        raise ValueError("rasters: the rasters (and bounds) do not overlap")
-    return left, bottom, right, top
-
-
-def _source_res(src: rasterio.DatasetReader, crs: CRS) -> float:
-    b = transform_bounds(src.crs, crs, *src.bounds, densify_pts=21)
-    return min((b[2] - b[0]) / src.width, (b[3] - b[1]) / src.height)
-
-
 def _split_for(rule: SplitRule, row: int, col: int, rng: np.random.Generator) -> str:
     if isinstance(rule, str):
         return rule
@@ -131,14 +89,6 @@ def _band_order(sensor: Sensor, names: Sequence[str]) -> tuple[tuple[str, ...], 
     perm = np.argsort([sensor.bands.index(b) for b in names], kind="stable")
     ordered = check_bands(sensor, [names[i] for i in perm], f"bands[{sensor.name!r}]")
     return ordered, perm
-
-
-def _read(layer: _Layer, window: Window) -> tuple[np.ndarray, np.ndarray]:
-    """Data ``[C, n, n]`` and validity ``[n, n]`` (every band valid) of one tile window."""
-    bands = list(range(1, layer.count + 1))
-    data = layer.vrt.read(bands, window=window)
-    valid = (layer.vrt.read_masks(bands, window=window) > 0).all(axis=0)
-    return data, valid
 
 
 def cut_tiles(rasters: Mapping[str, RasterSource], out_dir: PathLike, *, tile_size_m: float,
@@ -200,31 +150,19 @@ def cut_tiles(rasters: Mapping[str, RasterSource], out_dir: PathLike, *, tile_si
         if not dst_crs.is_projected:
             raise ValueError(f"crs: {dst_crs} is not projected in metres; pass crs='EPSG:...' "
                              f"(e.g. a UTM zone)")
-        left, bottom, right, top = _area([o[3] for o in opened], dst_crs, bounds)
-        ncols = math.floor((right - left) / tile_size_m + 1e-9)
-        nrows = math.floor((top - bottom) / tile_size_m + 1e-9)
-        if ncols < 1 or nrows < 1:
-            raise ValueError(f"tile_size_m: the common area ({right - left:.0f} m x {top - bottom:.0f} m) "
-                             f"is smaller than one {tile_size_m} m tile")
+        area = common_area([(f"rasters[{o[0].name!r}]: {o[1]}", o[3].crs, o[3].bounds) for o in opened], dst_crs,
+                           bounds)
+        grid = TileGrid.exact(dst_crs, area, tile_size_m)
 
-        def grid(px: float) -> tuple[Affine, int]:
-            side = round(tile_size_m / px)
-            return Affine(px, 0.0, left, 0.0, -px, top), side
-
-        layers: list[_Layer] = []
+        layers: list[Layer] = []
         for sensor, path, date, src in opened:
             px = tile_size_m if sensor.context else sensor.gsd
-            transform, side = grid(px)
-            if abs(tile_size_m / px - side) > 1e-6:
+            if abs(tile_size_m / px - round(tile_size_m / px)) > 1e-6:
                 raise ValueError(f"tile_size_m: {tile_size_m} m is not a whole number of {sensor.name} "
                                  f"pixels ({px} m)")
             method = resampling.get(sensor.name) if isinstance(resampling, Mapping) else resampling
-            src_nodata = (nodata or {}).get(sensor.name, src.nodata)
-            vrt = stack.enter_context(WarpedVRT(
-                src, crs=dst_crs, transform=transform, width=ncols * side, height=nrows * side,
-                resampling=_resampling(method, px <= _source_res(src, dst_crs) * 1.001, label=False),
-                src_nodata=src_nodata, nodata=src_nodata, add_alpha=src_nodata is None))
-            layers.append(_Layer(sensor, path, date, vrt, src.count, src_nodata, side))
+            layers.append(open_layer(stack, src, sensor, path, None if date is None else (date,), grid, src.count,
+                                     (nodata or {}).get(sensor.name), method, None))
 
         label_spec = label_layer = None
         if labels is not None:
@@ -233,12 +171,13 @@ def cut_tiles(rasters: Mapping[str, RasterSource], out_dir: PathLike, *, tile_si
                 raise ValueError(f"labels: {labels} must be one band with a CRS "
                                  f"(has {lsrc.count}, crs {lsrc.crs})")
             lgsd = label_gsd or min(s.gsd for s in sensors.values() if not s.context)
-            ltransform, lside = grid(lgsd)
+            lside = round(tile_size_m / lgsd)
             if abs(tile_size_m / lgsd - lside) > 1e-6:
                 raise ValueError(f"label_gsd: {lgsd} m does not divide tile_size_m {tile_size_m} m")
+            lheight, lwidth = grid.shape(lgsd)
             lvrt = stack.enter_context(WarpedVRT(
-                lsrc, crs=dst_crs, transform=ltransform, width=ncols * lside, height=nrows * lside,
-                resampling=_resampling(None, lgsd <= _source_res(lsrc, dst_crs) * 1.001, label=True),
+                lsrc, crs=dst_crs, transform=grid.transform(lgsd), width=lwidth, height=lheight,
+                resampling=resampling_for(None, lgsd <= source_res(lsrc, dst_crs) * 1.001, label=True),
                 src_nodata=lsrc.nodata, nodata=lsrc.nodata, add_alpha=lsrc.nodata is None))
             label_layer = (lvrt, lside)
             label_spec = LabelSpec("mask", tuple(classes or ()), nodata=label_nodata, gsd=lgsd)
@@ -246,22 +185,23 @@ def cut_tiles(rasters: Mapping[str, RasterSource], out_dir: PathLike, *, tile_si
         rng = np.random.default_rng(seed)
         with TileWriter(out_dir, name=name, tile_size_m=tile_size_m, sensors=tuple(sorted(sensors)),
                         label=label_spec, overwrite=overwrite) as writer:
-            for row in range(nrows):
-                for col in range(ncols):
-                    tile_split = _split_for(split, row, col, rng)  # drawn for every cell: stable per seed
-                    tile = _cut_one(layers, row, col, tile_size_m, left, top, dst_crs, max_nodata,
-                                    band_names, file_order)
-                    if tile is None:
+            left, top = grid.left, grid.top
+            for cell in grid.tiles():
+                row, col = cell.row, cell.col
+                tile_split = _split_for(split, row, col, rng)  # drawn for every cell: stable per seed
+                tile = _cut_one(layers, cell, tile_size_m, left, top, dst_crs, max_nodata,
+                                band_names, file_order)
+                if tile is None:
+                    continue
+                mask = None
+                georef = None
+                if label_layer is not None:
+                    mask, georef = _cut_label(label_layer, row, col, tile_size_m, left, top, dst_crs,
+                                              label_nodata)
+                    if (mask != label_nodata).mean() < min_labelled or (mask != label_nodata).sum() == 0:
                         continue
-                    mask = None
-                    georef = None
-                    if label_layer is not None:
-                        mask, georef = _cut_label(label_layer, row, col, tile_size_m, left, top, dst_crs,
-                                                  label_nodata)
-                        if (mask != label_nodata).mean() < min_labelled or (mask != label_nodata).sum() == 0:
-                            continue
-                    writer.add(f"r{row:04d}_c{col:04d}", tile, split=tile_split, label=mask,
-                               label_georef=georef)
+                writer.add(cell.id, tile, split=tile_split, label=mask,
+                           label_georef=georef)
     return Path(out_dir)
 
 
@@ -270,13 +210,14 @@ def _tile_georef(crs: CRS, px: float, left: float, top: float, row: int, col: in
     return Georef(crs.to_wkt(), tuple(t)[:6])  # type: ignore[arg-type]
 
 
-def _cut_one(layers: Sequence[_Layer], row: int, col: int, size: float, left: float, top: float, crs: CRS,
+def _cut_one(layers: Sequence[Layer], cell: Tile, size: float, left: float, top: float, crs: CRS,
              max_nodata: float, band_names: Mapping[str, tuple[str, ...]],
              file_order: Mapping[str, np.ndarray]) -> dict[str, TileSensor] | None:
+    row, col = cell.row, cell.col
     per_sensor: dict[str, list[tuple[np.ndarray, dt.date | None, float | None]]] = {}
     for layer in layers:
-        n = layer.side
-        data, valid = _read(layer, Window(col * n, row * n, n, n))
+        stacked, valids = read_layer(layer, cell)
+        data, valid = stacked[0], valids[0]
         frac_missing = 1.0 - valid.mean()
         if frac_missing > max_nodata:
             if not layer.sensor.time_series:
@@ -286,7 +227,7 @@ def _cut_one(layers: Sequence[_Layer], row: int, col: int, size: float, left: fl
         if frac_missing > 0:
             fill = 0.0 if fill is None else fill
             data[:, ~valid] = np.asarray(fill).astype(data.dtype)
-        per_sensor.setdefault(layer.sensor.name, []).append((data, layer.date, fill))
+        per_sensor.setdefault(layer.sensor.name, []).append((data, layer.dates[0] if layer.dates else None, fill))
     out: dict[str, TileSensor] = {}
     for layer in layers:
         name = layer.sensor.name

@@ -58,28 +58,33 @@ class BodyTooLarge(Exception):
     """Raised from ``receive`` when the streamed body passes the limit (Content-Length lied or was absent)."""
 
 
-async def _send_413(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+async def _send_413(scope: Scope, receive: Receive, send: Send, limit: int, name: str = "max_body_bytes") -> None:
     # Connection: close, as the rest of the body is not read.
-    err = LimitExceeded("max_body_bytes", "body", f"larger than {limit} bytes", headers={"Connection": "close"})
+    err = LimitExceeded(name, "body", f"larger than {limit} bytes", headers={"Connection": "close"})
     await problems.error_response(scope, err)(scope, receive, send)
 
 
 class BodyLimitMiddleware:
-    """413 for bodies over ``max_bytes``: at once from Content-Length, else while streaming."""
+    """413 for bodies over ``max_bytes``: at once from Content-Length, else while streaming. ``overrides`` gives
+    some (method, path) their own limit, named by its setting (scene uploads are streamed to disk, not held)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, metrics: GatewayMetrics | None = None) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, metrics: GatewayMetrics | None = None,
+                 overrides: dict[tuple[str, str], tuple[str, int]] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.metrics = metrics
+        self.overrides = overrides or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        name, limit = self.overrides.get((scope.get("method", ""), scope.get("path", "")),
+                                         ("max_body_bytes", self.max_bytes))
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            self._count()
-            await _send_413(scope, receive, send, self.max_bytes)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            self._count(name)
+            await _send_413(scope, receive, send, limit, name)
             return
         seen = 0
         started = False
@@ -89,7 +94,7 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > limit:
                     raise BodyTooLarge
             return message
 
@@ -103,12 +108,12 @@ class BodyLimitMiddleware:
         except BodyTooLarge:
             if started:
                 raise
-            self._count()
-            await _send_413(scope, receive, send, self.max_bytes)
+            self._count(name)
+            await _send_413(scope, receive, send, limit, name)
 
-    def _count(self) -> None:
+    def _count(self, name: str) -> None:
         if self.metrics is not None:
-            self.metrics.rejected.labels(reason="max_body_bytes").inc()
+            self.metrics.rejected.labels(reason=name).inc()
 
 
 class MetricsMiddleware:
