@@ -130,13 +130,10 @@ def export_configuration(model: AnySat, config: ModalityConfig, out_dir: str | P
             "torch": torch.__version__,
             "onnxruntime": onnxruntime().__version__,
         }
-        _triton_repository(tmp / "triton", name, manifest)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        _publish(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return ExportResult(out_dir, json.loads((out_dir / "manifest.json").read_text()))
+    return _finish(tmp, out_dir, name, manifest)
 
 
 def export_reduced(model: AnySat, config: ModalityConfig, fp32: ExportResult, out_dir: str | Path,
@@ -170,13 +167,10 @@ def export_reduced(model: AnySat, config: ModalityConfig, fp32: ExportResult, ou
             "min_cosine_allowed": min_cosine,
             "export_seconds": round(time.perf_counter() - started, 2),
         }
-        _triton_repository(tmp / "triton", name, manifest)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        _publish(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return ExportResult(out_dir, json.loads((out_dir / "manifest.json").read_text()))
+    return _finish(tmp, out_dir, name, manifest)
 
 
 def _io(value: onnx.ValueInfoProto) -> dict[str, Any]:
@@ -214,6 +208,19 @@ def _link_or_copy(source: Path, target: Path) -> None:
         os.link(source, target)
     except OSError:
         shutil.copy(source, target)
+
+
+def _finish(tmp: Path, out_dir: Path, name: str, manifest: dict[str, Any]) -> ExportResult:
+    """The Triton repository and the manifest beside the graph in ``tmp``, then ``tmp`` published as ``out_dir``
+    (removed if any of it fails)."""
+    try:
+        _triton_repository(tmp / "triton", name, manifest)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        _publish(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ExportResult(out_dir, json.loads((out_dir / "manifest.json").read_text()))
 
 
 def _publish(tmp: Path, out_dir: Path) -> None:
