@@ -108,6 +108,9 @@ def test_no_seam_across_tile_borders(runner: ModelRunner, tmp_path: Path) -> Non
     assert hard["border"] > 10 * hard["shifted"]  # the metric sees the seam where there is one
     assert blended["border"] < 0.15 * hard["border"]
     assert blended["max"] < 0.6 * hard["max"]  # the disagreement spread over the overlap, not one step
+    # With half a tile of overlap, a border step is no larger than the same ground's step inside a tile: no seam.
+    half = seam(runner, tmp_path, overlap_m=120)
+    assert half["border"] <= half["shifted"], half
 
 
 def test_landcover_mask_cog_and_skipped_nodata_tiles(runner: ModelRunner, tmp_path: Path) -> None:
