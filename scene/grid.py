@@ -9,6 +9,7 @@ size), so each sensor's pixels and the output pixels of every tile fall on one c
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -138,4 +139,23 @@ def common_area(footprints: Sequence[tuple[str, CRS, Bounds]], crs: CRS, bbox: B
                                     f"{', '.join(f'{v:.0f}' for v in b)}; common area so far: "
                                     f"{', '.join(f'{v:.0f}' for v in (left, bottom, right, top))})")
         left, bottom, right, top = nl, nb, nr, nt
+    return left, bottom, right, top
+
+
+def vector_bounds(path: str | os.PathLike[str], crs: CRS, field: str = "aoi") -> Bounds:
+    """The bounds, in ``crs``, of every feature of a vector file (GeoPackage, GeoJSON, Shapefile, ...): an area of
+    interest. Read from the file's header (pyogrio), no geometry loaded; a SceneError naming ``field`` when the file
+    cannot be read, has no CRS or no features."""
+    import pyogrio  # the vector reader: only when an area of interest is given
+
+    try:
+        info = pyogrio.read_info(path, force_total_bounds=True)
+    except Exception as exc:  # pyogrio raises its own DataSourceError / DataLayerError, and OSError
+        raise SceneError(field, f"{os.fspath(path)}: not a readable vector file ({exc})") from None
+    if not info.get("crs"):
+        raise SceneError(field, f"{os.fspath(path)}: the file has no CRS")
+    bounds = info.get("total_bounds")
+    if not info.get("features") or bounds is None or not all(math.isfinite(v) for v in bounds):
+        raise SceneError(field, f"{os.fspath(path)}: no features")
+    left, bottom, right, top = transform_bounds(CRS.from_user_input(info["crs"]), crs, *bounds, densify_pts=21)
     return left, bottom, right, top

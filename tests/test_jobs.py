@@ -143,6 +143,8 @@ def test_bad_jobs_are_refused_before_any_work(redis_url: str, runner: ModelRunne
             ({**SPEC, "sensors": {"l8": [path.name]}, "output": "cube"}, 422, "output", ""),
             ({**SPEC, "sensors": {"l8": [path.name]}, "head": "nope"}, 404, "head", "nope"),  # as /v1/masks
             ({**SPEC, "sensors": {}}, 422, "sensors", "no sensor given"),
+            ({**SPEC, "sensors": {"l8": [path.name]}, "aoi": str(outside)}, 422, "aoi", "outside the job roots"),
+            ({**SPEC, "sensors": {"l8": [path.name]}, "aoi": path.name}, 422, "aoi", "not a readable vector file"),
         ]
         for spec, status, field, words in cases:
             r = post(spec)

@@ -306,3 +306,33 @@ def test_tile_rows_carry_the_dates_their_series_kept(runner: ModelRunner, tmp_pa
                     strict=True))
     assert ends == {"r0000_c0000": "2020-05-18", "r0000_c0001": "2020-06-03", "r0001_c0000": "2020-06-03",
                     "r0001_c0001": "2020-06-03"}
+
+
+def test_a_vector_area_of_interest_in_another_crs_sets_the_grid(tmp_path: Path) -> None:
+    """The AOI: a GeoPackage polygon in lon/lat; the grid covers its extent in the output CRS (UTM), within the
+    crop. An AOI beside a bbox, or a file that is not a vector file, is refused before any work, naming ``aoi``."""
+    import pyogrio
+    from rasterio.warp import transform_bounds
+
+    left, bottom, right, top = l8_bbox(200, 150, 600, 480)
+    lon_lat = transform_bounds(CRS.from_epsg(32621), CRS.from_epsg(4326), left, bottom, right, top)
+    box = shapely.box(*lon_lat)
+    aoi = tmp_path / "aoi.gpkg"
+    # pyogrio's own writer: no geopandas needed
+    pyogrio.raw.write(str(aoi), geometry=np.array([shapely.to_wkb(box)], dtype=object), field_data=[], fields=[],
+                      geometry_type="Polygon", crs="EPSG:4326", driver="GPKG")
+    sources = parse_sources({"l8": str(LANDSAT)}, {"l8": "2020-05-18"}, {"l8": "B2,B3,B4"})
+    plan = plan_scene(SceneJob(sources, tmp_path / "e.tif", output="patch", head="landcover", tile_size_m=240,
+                               overlap_m=60, aoi=aoi), checkpoint=CHECKPOINT, heads_dir=HEADS)
+    g = plan.grid
+    assert g.crs == CRS.from_epsg(32621)
+    # The polygon's lon/lat box re-projected covers at least the UTM box it came from, and not much more.
+    assert g.left <= left + 20 and g.top >= top - 20
+    assert abs(g.width_m - (right - left)) <= 60 and abs(g.height_m - (top - bottom)) <= 60
+    with pytest.raises(SceneError, match="aoi"):
+        plan_scene(SceneJob(sources, tmp_path / "e.tif", output="patch", aoi=aoi, bbox=(left, bottom, right, top)),
+                   checkpoint=CHECKPOINT, heads_dir=HEADS)
+    (tmp_path / "junk.gpkg").write_bytes(b"not a geopackage")
+    with pytest.raises(SceneError, match=r"aoi: .*not a readable vector file"):
+        plan_scene(SceneJob(sources, tmp_path / "e.tif", output="patch", aoi=tmp_path / "junk.gpkg"),
+                   checkpoint=CHECKPOINT, heads_dir=HEADS)

@@ -101,6 +101,11 @@ async def _read(request: Request, gateway: Gateway, where: Path) -> tuple[JobSpe
         files[key] = await run_in_threadpool(resolve_paths, field, patterns, settings.job_roots)
     if not files:
         raise InputError("sensors", "no sensor given: upload files (one part per sensor) or name paths in 'sensors'")
+    if spec.aoi is not None:  # the area of interest, by path under the roots like the rasters
+        aoi = await run_in_threadpool(resolve_paths, "aoi", spec.aoi, settings.job_roots)
+        if len(aoi) != 1:
+            raise InputError("aoi", f"one vector file, got {len(aoi)} matches for {spec.aoi!r}")
+        spec = spec.model_copy(update={"aoi": aoi[0]})
     return spec, files
 
 

@@ -42,6 +42,7 @@ class JobSpec(BaseModel):
     output_modality: str | None = None
     crs: str | None = None
     bbox: tuple[float, float, float, float] | None = Field(None, description="left, bottom, right, top (output CRS)")
+    aoi: str | None = Field(None, description="a vector file under the job roots: its features' extent is the area")
     normalize: Literal["auto", "none"] = "auto"
     embedding_dtype: Literal["float32", "float16", "int8"] = "float32"
 
@@ -98,4 +99,5 @@ def scene_job(spec: JobSpec, files: dict[str, list[str]], out_dir: Path) -> Scen
     sensors = {k: v for k, v in files.items() if not k.endswith(MASK_SUFFIX)}
     sources = parse_sources(sensors, spec.dates, spec.bands, spec.nodata, masks)
     return SceneJob(sources, out_dir / OUT_NAME[spec.output], spec.output, spec.head, spec.tile_size, spec.overlap,
-                    spec.patch_size, spec.output_modality, spec.crs, spec.bbox, spec.normalize, spec.embedding_dtype)
+                    spec.patch_size, spec.output_modality, spec.crs, spec.bbox, spec.normalize, spec.embedding_dtype,
+                    aoi=Path(spec.aoi) if spec.aoi else None)

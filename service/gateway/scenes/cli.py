@@ -65,6 +65,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output-modality", help="dense without a head: the sensor whose pixel grid (default: first)")
     p.add_argument("--crs", help="output CRS, projected in metres (default: the first file's)")
     p.add_argument("--bbox", help="LEFT,BOTTOM,RIGHT,TOP in the output CRS (default: the inputs' common area)")
+    p.add_argument("--aoi", type=Path, help="a vector file (GeoPackage, GeoJSON, ...): its features' extent is the "
+                                            "area, within the inputs' common area")
     p.add_argument("--normalize", choices=("auto", "none"), default="auto")
     p.add_argument("--embedding-dtype", choices=EMBEDDING_DTYPES, default="float32")
     p.add_argument("--resume", action="store_true", help="continue a stopped run of the same job")
@@ -108,7 +110,8 @@ def build(args: argparse.Namespace, settings: PredictSettings) -> ScenePlan:
                             {k: _number(v, f"nodata.{k}") for k, v in _pairs(args.nodata, "--nodata").items()},
                             _pairs(args.mask, "--mask", multi=True))
     job = SceneJob(sources, args.out, args.output, args.head, args.tile_size, args.overlap, args.patch_size,
-                   args.output_modality, args.crs, _bbox(args.bbox), args.normalize, args.embedding_dtype)
+                   args.output_modality, args.crs, _bbox(args.bbox), args.normalize, args.embedding_dtype,
+                   aoi=args.aoi)
     return plan_scene(job, checkpoint=settings.resolved_checkpoint(), heads_dir=settings.resolved_heads_dir(),
                       limits=settings.limits())
 

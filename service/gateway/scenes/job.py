@@ -30,6 +30,7 @@ class SceneJob:
     normalize: Literal["auto", "none"] = "auto"
     embedding_dtype: Literal["float32", "float16", "int8"] = "float32"
     int8_range: float = 8.0  # int8 embeddings: values in [-range, range] quantised to [-127, 127]
+    aoi: Path | None = None  # a vector file whose features' extent is the area (instead of a bbox)
 
 
 @dataclass(frozen=True)

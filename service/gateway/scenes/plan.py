@@ -26,7 +26,7 @@ from model.heads import HeadConfig
 from model.inputs import plan_inputs
 from model.sensors import SENSORS
 from scene.errors import SceneError, SceneLimitError
-from scene.grid import Bounds, TileGrid, common_area, projected_crs
+from scene.grid import Bounds, TileGrid, common_area, projected_crs, vector_bounds
 from scene.layers import check_resolution, sensor_px, source_res
 from service.gateway.errors import ApiError
 from service.gateway.heads import HeadRegistry
@@ -180,7 +180,9 @@ def plan_scene(job: SceneJob, *, checkpoint: Path, heads_dir: Path | None = None
     crs = projected_crs(crs, "crs")
     for name, path, res in resolutions:
         check_resolution(SENSORS[name], path, res)
-    area = common_area(prints, crs, job.bbox)
+    if job.aoi is not None and job.bbox is not None:
+        raise SceneError("aoi", "give an area of interest or a bbox, not both")
+    area = common_area(prints, crs, vector_bounds(job.aoi, crs) if job.aoi is not None else job.bbox)
     grid = TileGrid.covering(crs, area, tile_m, overlap_m, float(patch))
     km2 = grid.width_m * grid.height_m / 1e6
     if km2 > limits.max_area_km2:
