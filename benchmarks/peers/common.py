@@ -10,6 +10,7 @@ mixes configurations is split by configuration, one forward per configuration (a
 
 from __future__ import annotations
 
+import argparse
 import base64
 import io
 import json
@@ -129,3 +130,13 @@ class PeerModel:
             for i, row in zip(idx, rows, strict=True):
                 out[i] = (row, len(idx))
         return [o for o in out if o is not None]
+
+
+def peer_args(prog: str, argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line every peer server takes from the harness: its spec file, port, batch size and wait."""
+    p = argparse.ArgumentParser(prog=prog)
+    p.add_argument("--spec", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--max-batch-size", type=int, default=8)
+    p.add_argument("--batch-timeout", type=float, default=0.005, help="seconds")
+    return p.parse_args(argv)

@@ -11,12 +11,11 @@ into arrays; ``batch`` keeps the list (LitServe's default would stack equal arra
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 import litserve as ls
 
-from benchmarks.peers.common import PeerModel, decode_request, to_b64_npy
+from benchmarks.peers.common import PeerModel, decode_request, peer_args, to_b64_npy
 
 
 class AnySatAPI(ls.LitAPI):
@@ -46,12 +45,7 @@ class AnySatAPI(ls.LitAPI):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="benchmarks.peers.litserve_peer")
-    p.add_argument("--spec", required=True)
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--max-batch-size", type=int, default=8)
-    p.add_argument("--batch-timeout", type=float, default=0.005, help="seconds")
-    args = p.parse_args(argv)
+    args = peer_args("benchmarks.peers.litserve_peer", argv)
     api = AnySatAPI(args.spec, max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout)
     server = ls.LitServer(api, accelerator="cpu", workers_per_device=1, timeout=60)
     server.run(host="127.0.0.1", port=args.port, generate_client_file=False)

@@ -13,13 +13,12 @@ by configuration, one session each, and answers base64 .npy.
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import threading
 from typing import Any
 
-from benchmarks.peers.common import PeerModel, decode_request, to_b64_npy
+from benchmarks.peers.common import PeerModel, decode_request, peer_args, to_b64_npy
 
 
 def build_app(spec: str, max_batch_size: int, batch_timeout_s: float, cpus: int) -> Any:
@@ -42,12 +41,7 @@ def build_app(spec: str, max_batch_size: int, batch_timeout_s: float, cpus: int)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="benchmarks.peers.ray_peer")
-    p.add_argument("--spec", required=True)
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--max-batch-size", type=int, default=8)
-    p.add_argument("--batch-timeout", type=float, default=0.005, help="seconds")
-    args = p.parse_args(argv)
+    args = peer_args("benchmarks.peers.ray_peer", argv)
     import ray
     from ray import serve
 
